@@ -1,0 +1,125 @@
+"""
+Checkpoint files that survive preemption and kill -9.
+
+out_dir/
+    ckpt_0001000.pt   numbered checkpoints; the newest `keep_last` are kept
+    ckpt.pt           the latest (a hard link to the newest numbered file); --init_from=resume reads it
+    ckpt_best.pt      the one with the lowest val loss so far
+
+Every file is written to a temporary name, flushed and fsynced, then renamed over the target: a rename is
+atomic, so a reader (or a crash at any instant) sees either the old complete file or the new complete file.
+Checkpoints hold only tensors, numbers, strings, lists and dicts, and load with
+torch.load(weights_only=True, map_location="cpu"): no arbitrary pickled objects.
+"""
+
+import glob
+import os
+import re
+import shutil
+
+import torch
+
+from configurator import UserError
+
+LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
+FORMAT = "sophia-gpt-checkpoint"
+
+
+def numbered(out_dir, iter_num):
+    return os.path.join(out_dir, f"ckpt_{iter_num:07d}.pt")
+
+
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _atomic_link(src, dst):
+    """dst becomes the same file as src (a hard link; a copy where links are unsupported), atomically."""
+    tmp = f"{dst}.tmp{os.getpid()}"
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(dst))
+
+
+def _fsync_dir(directory):
+    try:   # make the rename itself durable (POSIX); not possible on every platform
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(out_dir, checkpoint, *, keep_last, is_best):
+    """Write checkpoint (a dict with 'iter_num') as the newest numbered file, point ckpt.pt (and
+    ckpt_best.pt when is_best) at it, then delete numbered files beyond the newest keep_last."""
+    path = numbered(out_dir, checkpoint["iter_num"])
+    atomic_save(checkpoint, path)
+    _atomic_link(path, os.path.join(out_dir, LATEST))
+    if is_best:
+        _atomic_link(path, os.path.join(out_dir, BEST))
+    for old in numbered_files(out_dir)[:-keep_last]:
+        os.remove(old)
+    return path
+
+
+def numbered_files(out_dir):
+    """Numbered checkpoint files, oldest first."""
+    files = [f for f in glob.glob(os.path.join(out_dir, "ckpt_*.pt")) if re.search(r"ckpt_\d+\.pt$", f)]
+    return sorted(files)
+
+
+def has_checkpoint(out_dir):
+    return os.path.exists(os.path.join(out_dir, LATEST)) or bool(numbered_files(out_dir))
+
+
+def load(path):
+    """Load one checkpoint file; a corrupt or foreign file is a UserError naming it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} not found") from None
+    except Exception as err:   # truncated zip, wrong format, pickled objects: all mean "not ours / damaged"
+        raise UserError(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err)[:200]}); it is "
+                        f"corrupt or not a checkpoint of this repo: delete it or pick another out_dir") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise UserError(f"{path} is not a checkpoint written by this repo's train.py (no '{FORMAT}' marker)")
+    return checkpoint
+
+
+def load_latest(out_dir):
+    """The newest loadable checkpoint in out_dir: ckpt.pt, else the numbered files newest first.
+    Returns (checkpoint, path)."""
+    candidates = [os.path.join(out_dir, LATEST)] + numbered_files(out_dir)[::-1]
+    candidates = [c for c in candidates if os.path.exists(c)]
+    if not candidates:
+        raise UserError(f"--init_from=resume: no checkpoint in {out_dir!r} (expected {LATEST}); "
+                        f"start a run there first, or check --out_dir")
+    errors = []
+    for path in candidates:
+        try:
+            return load(path), path
+        except UserError as err:
+            errors.append(str(err))
+    raise UserError("no loadable checkpoint in " + repr(out_dir) + ":\n  " + "\n  ".join(errors))

@@ -1,0 +1,664 @@
+"""
+The one training loop, for every optimizer: Sophia-G, Sophia-H, AdamW and Lion.
+
+    python train_sophiag.py config/train_tiny_sophiag.py                  # 1 process (CPU or GPU)
+    torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_small_sophiag.py
+    python train_adam.py config/train_tiny_adam.py --max_iters=50          # the AdamW baseline
+
+Everything except the optimizer is shared, so comparisons are fair by construction: the same batches
+(a pure function of seed and iteration, whatever the world size), model, init, schedule, clipping,
+precision and token budget. One iteration:
+
+    global batch of total_bs sequences -> micro-batches over ranks and gradient-accumulation steps
+    -> mean loss (DDP all-reduces gradients on the last micro-step only) -> clip the global grad norm
+    -> optimizer.step(bs = total_bs * block_size tokens for Sophia-G)
+    -> Sophia, at iterations ≡ hess_interval - 1: a Hessian pass on a fresh batch, then update_hessian()
+
+Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints (see checkpoint.py) and,
+with wandb_log=True, a wandb run that a resumed run continues.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint
+from configurator import UserError, config_to_dict, load_config
+from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
+from lion import Lion
+from model import GPT, GPTConfig
+from sophia import SophiaG, SophiaH, gnb_loss, hutchinson_estimate
+
+OPTIMIZERS = ("sophiag", "sophiah", "adamw", "lion")
+
+# Per-optimizer defaults for the keys left at None; GPT-2 small values from the Sophia paper / upstream
+# configs. Sophia-H's rho is the paper's γ for Hutchinson; Lion's weight decay is 10x AdamW's because its
+# lr is ~6x smaller (decoupled decay scales with lr·wd), following the Lion paper's advice.
+OPTIMIZER_DEFAULTS = {
+    "sophiag": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.05),
+    "sophiah": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.01),
+    "adamw": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, rho=0.0),
+    "lion": dict(learning_rate=1e-4, weight_decay=1.0, beta1=0.9, beta2=0.99, rho=0.0),
+}
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"                    # checkpoints, metrics.jsonl, wandb files
+    eval_interval: int = 2000               # evaluate (and checkpoint) every this many iterations
+    log_interval: int = 1                   # print / metrics.jsonl / wandb every this many iterations
+    eval_iters: int = 200                   # micro-batches per split in each evaluation (fixed batches)
+    eval_only: bool = False                 # evaluate once and exit
+    always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
+    keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
+    init_from: Literal["scratch", "resume"] = "scratch"
+    # wandb
+    wandb_log: bool = False
+    wandb_project: str = "sophia"
+    wandb_run_name: str = "gpt2"
+    # data
+    dataset: str = "openwebtext"            # data/<dataset>/train.bin, val.bin (+ meta.json)
+    data_dir: str | None = None             # None: data/<dataset> next to this file
+    total_bs: int = 480                     # global batch in sequences (all ranks, all micro-steps)
+    batch_size: int = 12                    # micro-batch per process
+    gradient_accumulation_steps: int | None = None  # None: total_bs / (batch_size * world size)
+    block_size: int = 1024
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    scale_attn_by_inverse_layer_idx: bool = True   # as upstream Sophia's GPT-2 runs (since 2024-01)
+    vocab_size: int | None = None           # None: the dataset's vocabulary rounded up to a multiple of 64
+    # optimizer (None: OPTIMIZER_DEFAULTS of optimizer_name)
+    optimizer_name: Literal["sophiag", "sophiah", "adamw", "lion"] = "sophiag"
+    learning_rate: float | None = None      # peak learning rate
+    weight_decay: float | None = None       # decoupled; Linear weights only (model.param_groups)
+    beta1: float | None = None
+    beta2: float | None = None
+    rho: float | None = None                # Sophia's clipping scale
+    grad_clip: float = 1.0                  # clip the global gradient norm; 0 disables
+    hess_interval: int = 10                 # Sophia: refresh the Hessian EMA every k steps
+    hess_total_bs: int | None = None        # sequences in the Hessian pass; None: total_bs (as upstream)
+    optimizer_impl: Literal["auto", "single", "foreach", "fused"] = "auto"  # optimizer code path
+    # learning-rate schedule: linear warmup, cosine decay to min_lr at lr_decay_iters
+    max_iters: int = 600000                 # optimizer steps to run
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int | None = None       # None: max_iters
+    min_lr: float | None = None             # None: 0.05 x learning_rate, as in the paper
+    # robustness
+    nonfinite: Literal["stop", "skip"] = "stop"   # a NaN/Inf loss or gradient: stop, or skip the step
+    # system
+    device: str = "auto"                    # auto: cuda if available, else cpu; or cpu, cuda, cuda:1, mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool | None = None             # None: torch.compile on CUDA only
+    backend: str | None = None              # None: nccl on CUDA, gloo on CPU
+    seed: int = 1337
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configuration checks
+
+def resolve(cfg, world_size):
+    """Fill the None defaults, check ranges and the batch arithmetic. Returns gradient accumulation steps."""
+    for key, value in OPTIMIZER_DEFAULTS[cfg.optimizer_name].items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    if cfg.min_lr is None:
+        cfg.min_lr = 0.05 * cfg.learning_rate
+    if cfg.lr_decay_iters is None:
+        cfg.lr_decay_iters = cfg.max_iters
+    if cfg.hess_total_bs is None:
+        cfg.hess_total_bs = cfg.total_bs
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = cfg.device.startswith("cuda")
+    if cfg.dtype == "auto":
+        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+    if cfg.compile is None:
+        cfg.compile = cuda
+    if cfg.backend is None:
+        cfg.backend = "nccl" if cuda else "gloo"
+
+    positive = ["eval_interval", "log_interval", "eval_iters", "keep_last", "total_bs", "batch_size",
+                "block_size", "max_iters", "lr_decay_iters", "hess_interval", "hess_total_bs"]
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"{key} must be a positive integer, got {getattr(cfg, key)}")
+    for key in ["warmup_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip", "rho", "dropout"]:
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    for key in ["beta1", "beta2"]:
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.gradient_accumulation_steps is not None and cfg.gradient_accumulation_steps <= 0:
+        raise UserError(f"gradient_accumulation_steps must be positive, got {cfg.gradient_accumulation_steps}")
+
+    per_step = cfg.batch_size * world_size
+    if cfg.total_bs % per_step:
+        choices = [b for b in range(1, cfg.total_bs + 1) if cfg.total_bs % (b * world_size) == 0]
+        raise UserError(f"total_bs={cfg.total_bs} sequences is not divisible by batch_size={cfg.batch_size} x "
+                        f"{world_size} process(es); pick --batch_size from {choices[-8:]} "
+                        f"(or change --total_bs)")
+    grad_accum = cfg.total_bs // per_step
+    if cfg.gradient_accumulation_steps is not None and cfg.gradient_accumulation_steps != grad_accum:
+        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} x batch_size="
+                        f"{cfg.batch_size} x {world_size} process(es) = "
+                        f"{cfg.gradient_accumulation_steps * per_step} sequences, but total_bs={cfg.total_bs}; "
+                        f"use --gradient_accumulation_steps={grad_accum} or leave it unset (derived)")
+    if cfg.optimizer_name.startswith("sophia") and cfg.hess_total_bs % per_step:
+        raise UserError(f"hess_total_bs={cfg.hess_total_bs} is not divisible by batch_size={cfg.batch_size} x "
+                        f"{world_size} process(es); pick a multiple of {per_step}")
+    return grad_accum
+
+
+def get_lr(it, cfg):
+    """Linear warmup from 0 to learning_rate over warmup_iters, then cosine down to min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * it / cfg.warmup_iters
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def build_optimizer(cfg, model):
+    groups = model.param_groups(cfg.weight_decay)
+    betas = (cfg.beta1, cfg.beta2)
+    path = {"auto": {}, "single": dict(foreach=False, fused=False), "foreach": dict(foreach=True),
+            "fused": dict(fused=True)}[cfg.optimizer_impl]
+    if cfg.optimizer_name == "sophiag":
+        return SophiaG(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
+    if cfg.optimizer_name == "sophiah":
+        return SophiaH(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
+    if cfg.optimizer_name == "lion":
+        return Lion(groups, lr=cfg.learning_rate, betas=betas, foreach=path.get("foreach"))
+    if cfg.optimizer_impl == "auto":   # torch's fused AdamW kernel exists on CPU and CUDA
+        path = dict(fused=True) if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, **path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+class Run:
+    """Process-level facts: distributed setup, device, precision."""
+
+    def __init__(self):
+        self.ddp = int(os.environ.get("RANK", -1)) != -1
+        if self.ddp:
+            self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        else:
+            self.rank, self.world, self.local_rank = 0, 1, 0
+        self.master = self.rank == 0
+
+    def setup_device(self, cfg):
+        if self.ddp:
+            if cfg.device.startswith("cuda"):
+                cfg.device = f"cuda:{self.local_rank}"
+                torch.cuda.set_device(cfg.device)
+            dist.init_process_group(backend=cfg.backend, device_id=torch.device(cfg.device)
+                                    if cfg.device.startswith("cuda") else None)
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        self.autocast = (contextlib.nullcontext() if cfg.dtype == "float32" else
+                         torch.autocast(device_type=self.device.type, dtype=self.ptdtype))
+
+    def all_mean(self, tensor):
+        """Mean over ranks (one collective)."""
+        tensor = tensor.detach().float().clone()
+        if self.ddp:
+            dist.all_reduce(tensor)
+            tensor /= self.world
+        return tensor
+
+    def print(self, *args):
+        if self.master:
+            print(*args, flush=True)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop finishes the current step, checkpoints and exits cleanly.
+    A second Ctrl-C interrupts at once (checkpoint files stay intact: writes are atomic)."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def agreed(self, run):
+        """Whether any rank was asked to stop (all ranks must leave the loop together)."""
+        flag = torch.tensor([self.signal is not None], dtype=torch.float32, device=run.device)
+        if run.ddp:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def main(argv=None, defaults=None):
+    """Parse the configuration (defaults < config files < --key=value), then train."""
+    trainer = make_trainer(sys.argv[1:] if argv is None else argv, defaults)
+    try:
+        trainer.train()
+    finally:
+        if trainer.run.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def make_trainer(argv, defaults=None):
+    cfg, applied = load_config(TrainConfig, argv, defaults)
+    run = Run()
+    grad_accum = resolve(cfg, run.world)
+    run.setup_device(cfg)
+    return Trainer(cfg, run, grad_accum, applied)
+
+
+class Trainer:
+    def __init__(self, cfg, run, grad_accum, applied):
+        self.cfg, self.run, self.grad_accum = cfg, run, grad_accum
+        for line in applied:
+            run.print(f"config: {line}")
+        self.sophia = cfg.optimizer_name in ("sophiag", "sophiah")
+        self.tokens_per_iter = cfg.total_bs * cfg.block_size
+        # Sophia-G's bs: tokens behind one step's gradient, computed from the batch, never hard-coded
+        self.step_kwargs = dict(bs=self.tokens_per_iter) if cfg.optimizer_name == "sophiag" else {}
+        self.code = code_info()
+        data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg.dataset)
+        self.dataset = TokenDataset(data_dir, cfg.block_size)
+        self.sampler = Sampler(self.dataset, cfg.batch_size, run.rank, run.world, run.device)
+        self._prepare_out_dir()
+
+        # model: seeded identically on every rank, so all ranks start from the same weights
+        torch.manual_seed(cfg.seed)
+        vocab = cfg.vocab_size or -(-self.dataset.vocab_size // 64) * 64
+        if vocab < self.dataset.vocab_size:
+            raise UserError(f"vocab_size={vocab} is smaller than the dataset's vocabulary "
+                            f"({self.dataset.vocab_size}); leave vocab_size unset")
+        self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                               block_size=cfg.block_size, vocab_size=vocab, dropout=cfg.dropout, bias=cfg.bias,
+                               scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx)
+        try:
+            self.raw_model = GPT(GPTConfig(**self.model_args)).to(run.device)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        self.optimizer = build_optimizer(cfg, self.raw_model)
+        self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
+        # counters saved in checkpoints, so a resumed run logs exactly what a straight run logs
+        self.state = dict(iter_num=0, best_val_loss=float("inf"), clipped_steps=0, skipped_steps=0,
+                          train_time=0.0, wandb_run_id=None, diagnostics={})
+        self.resumed_from = None
+        if cfg.init_from == "resume":
+            self._resume()
+        # the model to run forward/backward through: compiled, then wrapped in DDP; checkpoints hold raw_model
+        self.compiled = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        self.model = self.compiled
+        if run.ddp:
+            self.model = DDP(self.compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+        self.stop = StopRequest()
+        self.wandb = None
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
+                  f"{run.world} process(es) x {cfg.batch_size} sequences x {grad_accum} accumulation steps = "
+                  f"{cfg.total_bs} sequences = {self.tokens_per_iter:,} tokens per iteration; device "
+                  f"{run.device}, {cfg.dtype}, compile={cfg.compile}")
+
+    # ---------------------------------------------------------------------------------------- setup
+
+    def _prepare_out_dir(self):
+        cfg = self.cfg
+        if cfg.init_from == "scratch" and checkpoint.has_checkpoint(cfg.out_dir):
+            raise UserError(f"out_dir {cfg.out_dir!r} already holds a run's checkpoints; continue it with "
+                            f"--init_from=resume, or pass another --out_dir (delete the folder to start over)")
+        if not self.run.master:
+            return
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            probe = os.path.join(cfg.out_dir, f".write_test{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as err:
+            raise UserError(f"out_dir {cfg.out_dir!r} is not writable ({err.strerror}); "
+                            f"pass a writable --out_dir") from None
+        metrics = os.path.join(cfg.out_dir, "metrics.jsonl")
+        if cfg.init_from == "scratch" and os.path.exists(metrics):
+            os.replace(metrics, os.path.join(cfg.out_dir, "metrics.old.jsonl"))   # a run that never checkpointed
+
+    def _resume(self):
+        ckpt, path = checkpoint.load_latest(self.cfg.out_dir)
+        saved_args = ckpt["model_args"]
+        differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in self.model_args.items()
+                  if saved_args.get(k) != v]
+        if differ:
+            raise UserError(f"cannot resume from {path}: the model differs ({'; '.join(differ)}); use the "
+                            f"checkpoint's settings, or a new --out_dir to start another run")
+        if ckpt["config"]["optimizer_name"] != self.cfg.optimizer_name:
+            raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
+                            f"{ckpt['config']['optimizer_name']!r}, not {self.cfg.optimizer_name!r}")
+        self.raw_model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state.update(ckpt["state"])
+        self._set_rng_state(ckpt["rng"])
+        self.resumed_from = self.state["iter_num"]
+        self.run.print(f"resuming from {path} at iteration {self.resumed_from}")
+
+    def _rng_state(self):
+        """This rank's RNG states (only dropout draws from them: data and sampling use derived seeds)."""
+        np_state = np.random.get_state()
+        return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                    cuda=torch.cuda.get_rng_state(self.run.device) if self.run.device.type == "cuda" else None,
+                    numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2])))
+
+    def _set_rng_state(self, saved):
+        if self.run.rank >= len(saved):    # resumed on more processes than were saved: seed the new ones
+            torch.manual_seed(derive_seed(self.cfg.seed, self.run.rank, self.state["iter_num"]))
+            return
+        state = saved[self.run.rank]
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None and self.run.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.run.device)
+        random.setstate((3, tuple(state["python"]), None))
+        np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"]))
+
+    # ---------------------------------------------------------------------------------------- steps
+
+    def _sync_grads(self, on):
+        """DDP all-reduces gradients only on the last micro-step; earlier ones just accumulate."""
+        if self.run.ddp:
+            self.model.require_backward_grad_sync = on
+
+    def train_step(self, iter_num):
+        """Forward/backward over this rank's micro-batches. Returns (mean loss over the global batch,
+        global grad norm before clipping), both as host floats."""
+        batches = self.sampler.micro_batches(self.cfg.seed, TRAIN, iter_num, self.cfg.total_bs)
+        loss_sum = torch.zeros((), device=self.run.device)
+        for micro, (_, x, y) in enumerate(batches):
+            self._sync_grads(micro == len(batches) - 1)
+            with self.run.autocast:
+                _, loss = self.model(x, y)
+            loss_sum += loss.detach()
+            self.scaler.scale(loss / len(batches)).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        loss_mean = self.run.all_mean(loss_sum / len(batches))
+        loss_value, norm_value = torch.stack([loss_mean, grad_norm.float()]).tolist()   # the step's one sync
+        return loss_value, norm_value
+
+    def hessian_refresh(self, iter_num):
+        """Sophia-G: backprop the loss against labels sampled from the model's own full logits (GNB), on a
+        fresh batch of hess_total_bs sequences, all-reduced by DDP, clipped like the training gradient
+        (as upstream), then h <- β2 h + (1 - β2) ĝ⊙ĝ. Sophia-H: the Hutchinson estimate u⊙(∇²L u),
+        averaged over micro-batches and ranks. Random draws come from generators seeded by
+        (seed, iteration, global micro-batch index), so the estimate does not depend on the world size."""
+        cfg, run = self.cfg, self.run
+        batches = self.sampler.micro_batches(cfg.seed, HESSIAN, iter_num, cfg.hess_total_bs)
+        generator = torch.Generator(device=run.device)
+        n_global = cfg.hess_total_bs // cfg.batch_size
+        if cfg.optimizer_name == "sophiag":
+            for micro, (index, x, _) in enumerate(batches):
+                generator.manual_seed(derive_seed(cfg.seed, HESSIAN, iter_num, index))
+                self._sync_grads(micro == len(batches) - 1)
+                with run.autocast:
+                    logits, _ = self.model(x)
+                loss = gnb_loss(logits, generator=generator) / len(batches)
+                (loss * self.scaler.get_scale() if self.scaler.is_enabled() else loss).backward()
+            params = [p for p in self.raw_model.parameters() if p.grad is not None]
+            if self.scaler.is_enabled():
+                torch._foreach_div_([p.grad for p in params], self.scaler.get_scale())
+            norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
+                    else torch.nn.utils.get_total_norm([p.grad for p in params]))
+            if math.isfinite(norm.item()):
+                self.optimizer.update_hessian()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]   # its order
+            total = None
+            # double backward needs the uncompiled module and the math attention kernel
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+                for index, x, y in batches:
+                    generator.manual_seed(derive_seed(cfg.seed, HESSIAN, iter_num, index))
+                    with run.autocast:
+                        _, loss = self.raw_model(x, y)
+                    estimate = hutchinson_estimate(loss, params, generator=generator)
+                    total = estimate if total is None else torch._foreach_add(total, estimate)
+            flat = torch._utils._flatten_dense_tensors(total)
+            if run.ddp:   # DDP does not reduce second-order gradients: average the estimates ourselves
+                dist.all_reduce(flat)
+            total = torch._utils._unflatten_dense_tensors(flat / n_global, total)
+            if all(torch.isfinite(t).all() for t in total):
+                self.optimizer.update_hessian(estimates=list(total))
+
+    @torch.no_grad()
+    def evaluate(self):
+        """Mean loss over eval_iters fixed micro-batches per split (the same for every run and seed)."""
+        self.model.eval()
+        out = {}
+        for split, stream in (("train", EVAL_TRAIN), ("val", EVAL_VAL)):
+            total = torch.zeros(2, device=self.run.device)
+            batches = self.sampler.micro_batches(EVAL_SEED, stream, 0, self.cfg.eval_iters * self.cfg.batch_size,
+                                                 split)
+            for _, x, y in batches:
+                with self.run.autocast:
+                    _, loss = self.compiled(x, y)
+                total += torch.stack([loss.float(), torch.ones((), device=self.run.device)])
+            if self.run.ddp:
+                dist.all_reduce(total)
+            out[split] = (total[0] / total[1]).item()
+        self.model.train()
+        return out
+
+    def hessian_stats(self):
+        """Sophia's diagnostics right after a refresh, as upstream computes them (held until the next one)."""
+        stats = self.optimizer.stats(**self.step_kwargs)
+        return {"train/win_rate": stats["win_rate"].item(), "hessian_norm": stats["hessian_norm"].item(),
+                "hessian_norm2": stats["hessian_norm2"].item()}
+
+    def norms(self):
+        """L2 norms of the parameters and of the momentum (exp_avg in every optimizer here), on the device."""
+        moments = [s["exp_avg"] for s in self.optimizer.state.values() if "exp_avg" in s]
+        norm = lambda ts: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts))) if ts else torch.zeros(())  # noqa: E731
+        values = torch.stack([norm(list(self.raw_model.parameters())), norm(moments).to(self.run.device)])
+        return dict(zip(("param_norm", "momentum_norm"), values.tolist()))
+
+    # ---------------------------------------------------------------------------------------- output
+
+    def log(self, event, iter_num, values):
+        """One JSON line in metrics.jsonl (master only), and wandb when on."""
+        if not self.run.master:
+            return
+        record = {"event": event, "iter": iter_num, **values}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None and event != "run":
+            self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
+
+    def start_logging(self):
+        cfg = self.cfg
+        config = config_to_dict(cfg)
+        if self.run.master and cfg.wandb_log:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("wandb_log=True needs the wandb package: pip install wandb") from None
+            run_id = self.state["wandb_run_id"] or secrets.token_hex(4)   # kept in checkpoints: resume continues it
+            self.state["wandb_run_id"] = run_id
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=run_id, resume="allow",
+                                    config=config, dir=cfg.out_dir)
+        self.log("run", self.state["iter_num"], dict(name=cfg.wandb_run_name, config=config,
+                                                      resumed_from=self.resumed_from, world_size=self.run.world,
+                                                      code=self.code))
+
+    def save_checkpoint(self, is_best):
+        """All ranks call this (RNG states are gathered); the master writes."""
+        run = self.run
+        rng = [None] * run.world
+        if run.ddp:
+            dist.all_gather_object(rng, self._rng_state())
+        else:
+            rng = [self._rng_state()]
+        if not run.master:
+            return
+        if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+            run.print("not saving a checkpoint: the model has non-finite weights (the previous one is kept)")
+            return
+        ckpt = dict(format=checkpoint.FORMAT, model=self.raw_model.state_dict(),
+                    optimizer=self.optimizer.state_dict(), model_args=self.model_args,
+                    iter_num=self.state["iter_num"], state=dict(self.state), rng=rng,
+                    sampler=dict(scheme="global-batch = f(seed, stream, iteration)", seed=self.cfg.seed,
+                                 next_iteration=self.state["iter_num"]),
+                    config=config_to_dict(self.cfg), code=self.code)
+        if self.scaler.is_enabled():
+            ckpt["scaler"] = self.scaler.state_dict()
+        path = checkpoint.save(self.cfg.out_dir, ckpt, keep_last=self.cfg.keep_last, is_best=is_best)
+        run.print(f"saved checkpoint {path}")
+
+    def eval_and_checkpoint(self, iter_num, final=False):
+        losses = self.evaluate()
+        improved = losses["val"] < self.state["best_val_loss"]
+        if improved:
+            self.state["best_val_loss"] = losses["val"]
+        self.run.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        self.log("eval", iter_num, {"val/loss": losses["val"], "eval/train_loss": losses["train"],
+                                    "tokens": iter_num * self.tokens_per_iter, "time": self.state["train_time"],
+                                    "lr": get_lr(iter_num, self.cfg)})
+        # a resumed run re-evaluates where it starts; the checkpoint it came from is already on disk
+        if iter_num > 0 and iter_num != self.resumed_from and (final or improved or self.cfg.always_save_checkpoint):
+            self.save_checkpoint(improved)
+
+    # ---------------------------------------------------------------------------------------- loop
+
+    def train(self):
+        try:
+            self._train()
+        finally:
+            self.stop.restore()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+    def _train(self):
+        cfg, run, state = self.cfg, self.run, self.state
+        self.start_logging()
+        skipped_in_a_row = 0
+        while True:
+            iter_num = state["iter_num"]
+            if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
+                self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
+            if iter_num >= cfg.max_iters or cfg.eval_only:
+                break
+            t0 = time.perf_counter()
+            lr = get_lr(iter_num, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, grad_norm = self.train_step(iter_num)
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)
+            if finite or (self.scaler.is_enabled() and math.isfinite(loss)):
+                # fp16: an overflowing gradient is routine, the GradScaler skips that step and lowers its scale
+                state["clipped_steps"] += finite and cfg.grad_clip > 0 and grad_norm > cfg.grad_clip
+                self.scaler.step(self.optimizer, **self.step_kwargs)
+                self.scaler.update()
+            if not finite:
+                self._nonfinite(iter_num, loss, grad_norm)
+                state["skipped_steps"] += 1
+            skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.sophia and finite and iter_num % cfg.hess_interval == cfg.hess_interval - 1:
+                self.hessian_refresh(iter_num)
+                state["diagnostics"] = self.hessian_stats()
+            state["iter_num"] = iter_num + 1
+            dt = time.perf_counter() - t0
+            state["train_time"] += dt
+            if iter_num % cfg.log_interval == 0:
+                self._log_step(iter_num, loss, grad_norm, lr, dt)
+            if skipped_in_a_row >= 20:
+                raise UserError(f"20 consecutive steps had a non-finite loss or gradient (last at iteration "
+                                f"{iter_num}); lower --learning_rate or check the data")
+            if self.stop.agreed(run):
+                self.save_checkpoint(is_best=False)
+                run.print(f"stopped by {self.stop.signal or 'a signal on another rank'} after iteration {iter_num}; "
+                          f"continue with --init_from=resume")
+                break
+
+    def _nonfinite(self, iter_num, loss, grad_norm):
+        message = f"non-finite loss or gradient at iteration {iter_num} (loss {loss}, grad norm {grad_norm})"
+        if self.scaler.is_enabled() and math.isfinite(loss):
+            return   # the fp16 loss scale overflowed; the scaler already skipped this step
+        if self.cfg.nonfinite == "stop":
+            raise UserError(f"{message}; the last good checkpoint is {self.cfg.out_dir}/ckpt.pt (if any). Lower "
+                            f"--learning_rate, or pass --nonfinite=skip to skip such steps")
+        self.run.print(f"{message}: step skipped")
+
+    def _log_step(self, iter_num, loss, grad_norm, lr, dt):
+        state, steps = self.state, iter_num + 1
+        tokens_per_sec = self.tokens_per_iter / dt
+        mfu = self.raw_model.estimate_mfu(tokens_per_sec / self.run.world, self.run.device)
+        record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "train/clip_rate": state["clipped_steps"] / steps, "train/skipped_steps": state["skipped_steps"],
+                  **self.norms()}
+        if self.sophia:   # win_rate is 0 until the first refresh, as upstream logs it
+            record.update({"train/win_rate": 0.0, "hessian_norm": 0.0, "hessian_norm2": 0.0}, **state["diagnostics"])
+        record.update(tokens=steps * self.tokens_per_iter, time=state["train_time"], tokens_per_sec=tokens_per_sec,
+                      iter_time_ms=dt * 1000, mfu=mfu)
+        self.log("train", iter_num, record)
+        extra = f", win_rate {record['train/win_rate']:.3f}" if self.sophia else ""
+        self.run.print(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad_norm {grad_norm:.3f}{extra}, "
+                       f"{dt * 1000:.0f} ms, {tokens_per_sec:,.0f} tok/s, "
+                       f"mfu {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
+
+
+def code_info():
+    """Versions and source hashes, so a checkpoint or metrics file tells which code produced it."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    hashes = {}
+    for name in ("train.py", "sophia.py", "model.py", "dataloader.py", "lion.py"):
+        with open(os.path.join(root, name), "rb") as f:
+            hashes[name] = hashlib.sha256(f.read()).hexdigest()[:16]
+    return dict(git_commit=commit, torch=str(torch.__version__), python=platform.python_version(), sha256=hashes)
+
+
+if __name__ == "__main__":
+    from configurator import run_cli
+    run_cli(main)

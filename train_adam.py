@@ -1,0 +1,11 @@
+"""
+Pretrain GPT-2 with AdamW, the baseline, through the same loop as Sophia (train.py).
+
+    python train_adam.py config/train_tiny_adam.py
+    torchrun --standalone --nproc_per_node=8 train_adam.py config/train_gpt2_small_adam.py
+"""
+from configurator import run_cli
+from train import main
+
+if __name__ == "__main__":
+    run_cli(main, defaults=dict(optimizer_name="adamw"))

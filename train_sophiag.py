@@ -1,0 +1,11 @@
+"""
+Pretrain GPT-2 with Sophia-G (the Gauss-Newton-Bartlett estimator), through train.py's loop.
+
+    python train_sophiag.py config/train_tiny_sophiag.py
+    torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_small_sophiag.py
+"""
+from configurator import run_cli
+from train import main
+
+if __name__ == "__main__":
+    run_cli(main, defaults=dict(optimizer_name="sophiag"))
