@@ -98,7 +98,9 @@ class TrainConfig:
     rho: float | None = None                # Sophia's clipping scale
     grad_clip: float = 1.0                  # clip the global gradient norm; 0 disables
     hess_interval: int = 10                 # Sophia: refresh the Hessian EMA every k steps
-    hess_total_bs: int | None = None        # sequences in the Hessian pass; None: total_bs (as upstream)
+    hess_total_bs: int | None = None        # sequences in the Hessian pass; None: total_bs (as upstream).
+                                            # Smaller costs less (the pass is ~hess_total_bs/total_bs of a
+                                            # step, every hess_interval steps) but gives a noisier estimate
     optimizer_impl: Literal["auto", "single", "foreach", "fused"] = "auto"  # optimizer code path
     # learning-rate schedule: linear warmup, cosine decay to min_lr at lr_decay_iters
     max_iters: int = 600000                 # optimizer steps to run
@@ -434,12 +436,15 @@ class Trainer:
         generator = torch.Generator(device=run.device)
         n_global = cfg.hess_total_bs // cfg.batch_size
         if cfg.optimizer_name == "sophiag":
+            # E[ĝ⊙ĝ] = diag(GN) / (tokens behind ĝ), and step() multiplies h by bs = tokens per step: a
+            # smaller Hessian batch is rescaled by sqrt(hess_total_bs / total_bs) so that bs·h stays unbiased
+            scale = math.sqrt(cfg.hess_total_bs / cfg.total_bs) / len(batches)
             for micro, (index, x, _) in enumerate(batches):
                 generator.manual_seed(derive_seed(cfg.seed, HESSIAN, iter_num, index))
                 self._sync_grads(micro == len(batches) - 1)
                 with run.autocast:
                     logits, _ = self.model(x)
-                loss = gnb_loss(logits, generator=generator) / len(batches)
+                loss = gnb_loss(logits, generator=generator) * scale
                 (loss * self.scaler.get_scale() if self.scaler.is_enabled() else loss).backward()
             params = [p for p in self.raw_model.parameters() if p.grad is not None]
             if self.scaler.is_enabled():

@@ -273,6 +273,24 @@ def test_a_nonfinite_model_is_never_saved(data_dir, tmp_path):
     assert not (tmp_path / "ckpt_0000012.pt").exists()
 
 
+def test_smaller_hessian_batch_keeps_the_curvature_scale(data_dir, tmp_path):
+    """bs·h must estimate the Gauss-Newton diagonal whatever the Hessian batch: with half the sequences,
+    E[ĝ⊙ĝ] doubles, and the rescaling brings it back (without it this ratio would be 2)."""
+    means = {}
+    for hess_total_bs in (16, 8):
+        trainer = train.make_trainer(tiny_argv(data_dir, tmp_path / str(hess_total_bs), "--beta2=0.0",
+                                               "--grad_clip=0", f"--hess_total_bs={hess_total_bs}"))
+        trainer.stop.restore()
+        hessians = [s for s in trainer.optimizer.state.values()]
+        totals = []
+        for it in range(9, 409, 10):            # 40 refreshes on different batches; β2 = 0 keeps the last one
+            trainer.hessian_refresh(it)
+            totals.append(sum(s["hessian"].sum().item() for s in trainer.optimizer.state.values()))
+        means[hess_total_bs] = np.mean(totals)
+        assert not hessians    # state appears only at the first refresh
+    assert means[8] / means[16] == pytest.approx(1.0, abs=0.15)
+
+
 # ------------------------------------------------------------------------------------------------------
 # bad input: one clear message, exit status 2, no traceback, nothing saved is damaged
 

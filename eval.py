@@ -1,0 +1,228 @@
+"""
+Evaluate a checkpoint exactly: the mean cross-entropy over a whole split, read front to back.
+
+    python eval.py --out_dir=out-tiny-sophiag                          # latest checkpoint, the whole val split
+    python eval.py --ckpt=out-gpt2-small-sophiag/ckpt_best.pt          # a given checkpoint file
+    python eval.py --out_dir=out-tiny-sophiag --split=train --max_tokens=100000
+
+The training loop's val/loss averages eval_iters fixed random windows: cheap, and comparable between runs.
+Here the split is read in order instead. Window k feeds tokens [kT, (k+1)T) and predicts tokens [kT+1, (k+1)T],
+T = block_size, so every token after the first is predicted exactly once (the last window may be shorter),
+and a checkpoint's number depends on nothing random. Tokens near a window's start see little context, so this
+loss sits a little above a sliding-window one; every checkpoint gets the same windows, so it stays comparable.
+The softmax runs over the model's whole (padded) vocabulary, as in training.
+
+Reported, and written beside the checkpoint as eval_<split>_<iter>.json (eval_<split>_<iter>_<N>tokens.json
+when --max_tokens cuts the split short):
+    loss            L = -(1/N) Σ_t log p(x_t | x_<t)    nats per token, over the N predicted tokens
+    perplexity      exp(L)
+    bits_per_token  L / ln 2
+    bits_per_byte   N·L / ln 2 over the UTF-8 bytes those tokens spell (end-of-text counts as one byte):
+                    equal to bits_per_token for the bytes tokenizer, comparable across tokenizers
+"""
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+import checkpoint
+from configurator import UserError, load_config, run_cli
+from dataloader import TokenDataset
+from model import GPT, GPTConfig
+from tokenizer import GPT2_VOCAB_SIZE, TokenizerError, tokenizer_from_meta
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "out"                    # the training run: its latest checkpoint is evaluated
+    ckpt: str | None = None                 # a checkpoint file instead, e.g. out/ckpt_best.pt
+    split: Literal["val", "train"] = "val"
+    max_tokens: int | None = None           # predict at most this many tokens (the first ones); None: the whole split
+    batch_size: int | None = None           # windows per forward pass; None: the checkpoint's micro-batch size
+    data_dir: str | None = None             # None: the dataset the checkpoint was trained on
+    device: str = "auto"                    # auto: cuda if available, else cpu; or cpu, cuda, cuda:1, mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading (shared with sample.py)
+
+def resolve_device(name):
+    """torch.device for --device (auto: cuda if available, else cpu), checked to exist on this machine."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except Exception as err:   # a malformed name, a CPU-only build, a missing GPU: all end the same way
+        raise UserError(f"--device={name} is not usable here ({str(err).splitlines()[0][:150]}); "
+                        f"use --device=cpu, or auto") from None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast_for(device, dtype):
+    """(dtype name, context) for the forward passes: bf16 autocast on CUDA by default (as in training, with the
+    loss taken in fp32), plain fp32 elsewhere."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return dtype, contextlib.nullcontext()
+    return dtype, torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def load_model(out_dir, ckpt_path, device):
+    """The checkpoint at ckpt_path (else out_dir's latest) and its GPT, in eval mode on device.
+    Returns (model, checkpoint dict, path)."""
+    if ckpt_path:
+        ckpt, path = checkpoint.load(ckpt_path), ckpt_path
+    elif not os.path.isdir(out_dir):
+        raise UserError(f"out_dir {out_dir!r} does not exist; pass the out_dir of a training run (--out_dir=DIR) "
+                        f"or a checkpoint file (--ckpt=PATH)")
+    elif not checkpoint.has_checkpoint(out_dir):
+        raise UserError(f"no checkpoint in out_dir {out_dir!r} (expected {checkpoint.LATEST}); train there first, "
+                        f"or pass another --out_dir or a checkpoint file with --ckpt=PATH")
+    else:
+        ckpt, path = checkpoint.load_latest(out_dir)
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"checkpoint {path} does not hold a model this model.py can build "
+                        f"({type(err).__name__}: {str(err)[:200]}); it was written by another version of the repo") \
+            from None
+    return model.to(device).eval(), ckpt, path
+
+
+def dataset_dir(ckpt, data_dir):
+    """--data_dir, else the dataset the checkpoint was trained on: its data_dir, or data/<dataset> here."""
+    config = ckpt["config"]
+    return data_dir or config.get("data_dir") or os.path.join(ROOT, "data", config["dataset"])
+
+
+def load_tokenizer(data_dir, model_vocab_size):
+    """The tokenizer named by data_dir/meta.json (GPT-2 without one), checked against the model's vocabulary."""
+    meta = os.path.join(data_dir, "meta.json")
+    if not os.path.isfile(meta) and model_vocab_size < GPT2_VOCAB_SIZE:
+        raise UserError(f"{meta} not found, so the tokenizer is unknown (a vocabulary of {model_vocab_size} is "
+                        f"not GPT-2's); pass --data_dir=DIR, the prepared dataset the checkpoint was trained on")
+    try:
+        tokenizer = tokenizer_from_meta(data_dir)
+    except TokenizerError as err:
+        raise UserError(str(err)) from None
+    if tokenizer.vocab_size > model_vocab_size:
+        raise UserError(f"{data_dir} uses the {tokenizer.name} tokenizer ({tokenizer.vocab_size} tokens) but the "
+                        f"model knows only {model_vocab_size}: it was trained on another dataset; pass --data_dir=DIR "
+                        f"of that dataset")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact evaluation
+
+def eval_windows(data, n_targets, block_size, batch_size):
+    """Yield (x, y) int64 arrays of shape (rows, T): x = data[s:s+T], y = data[s+1:s+T+1] for s = 0, T, 2T, ...,
+    so the targets are tokens 1..n_targets, each exactly once. Full windows come batch_size at a time; a last,
+    shorter window (n_targets not a multiple of T) comes alone."""
+    full = n_targets // block_size
+    for first in range(0, full, batch_size):
+        rows = min(batch_size, full - first)
+        chunk = np.asarray(data[first * block_size:(first + rows) * block_size + 1], dtype=np.int64)
+        yield chunk[:-1].reshape(rows, block_size), chunk[1:].reshape(rows, block_size)   # windows are contiguous
+    if n_targets % block_size:
+        chunk = np.asarray(data[full * block_size:n_targets + 1], dtype=np.int64)
+        yield chunk[None, :-1], chunk[None, 1:]
+
+
+def token_byte_lengths(tokenizer):
+    """UTF-8 bytes that each token id spells, as an array indexed by id; end-of-text counts as one byte."""
+    if tokenizer.name == "bytes":
+        lengths = np.ones(tokenizer.vocab_size, dtype=np.int64)
+    else:
+        encoding = tokenizer.encoding
+        lengths = np.array([len(encoding.decode_single_token_bytes(i)) for i in range(tokenizer.vocab_size)],
+                           dtype=np.int64)
+    lengths[tokenizer.eot_token] = 1
+    return lengths
+
+
+@torch.no_grad()
+def evaluate(model, data, n_targets, batch_size, autocast, byte_lengths):
+    """(Σ -log p over targets 1..n_targets of the token array `data`, number of windows, UTF-8 bytes spelled)."""
+    device = next(model.parameters()).device
+    nats, windows, n_bytes = 0.0, 0, 0
+    for x, y in eval_windows(data, n_targets, model.config.block_size, batch_size):
+        with autocast:
+            logits, _ = model(torch.from_numpy(x).to(device))
+        # summed in fp32 per batch (as training takes its loss), accumulated over batches in float64
+        nats += F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(y).to(device).flatten(),
+                                reduction="sum").item()
+        windows += len(x)
+        n_bytes += int(byte_lengths[y].sum())
+    return nats, windows, n_bytes
+
+
+def main(argv=None):
+    """Evaluate, print the report, write the JSON; returns the reported numbers as a dict."""
+    cfg, _ = load_config(EvalConfig, sys.argv[1:] if argv is None else argv)
+    for key in ("max_tokens", "batch_size"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise UserError(f"--{key} must be a positive integer (or None), got {getattr(cfg, key)}")
+    device = resolve_device(cfg.device)
+    dtype, autocast = autocast_for(device, cfg.dtype)
+    model, ckpt, path = load_model(cfg.out_dir, cfg.ckpt, device)
+    data_dir = dataset_dir(ckpt, cfg.data_dir)
+    if not os.path.isdir(data_dir):
+        raise UserError(f"dataset directory {data_dir} not found; pass --data_dir=DIR, the prepared dataset the "
+                        f"checkpoint was trained on")
+    tokenizer = load_tokenizer(data_dir, model.config.vocab_size)
+    dataset = TokenDataset(data_dir, model.config.block_size)   # checks the files; names the prepare command
+    n_split = dataset.lengths[cfg.split]
+    n_targets = n_split - 1 if cfg.max_tokens is None else min(cfg.max_tokens, n_split - 1)
+    batch_size = cfg.batch_size or ckpt["config"]["batch_size"]
+    data = np.memmap(os.path.join(data_dir, f"{cfg.split}.bin"), dtype=np.uint16, mode="r")
+
+    t0 = time.perf_counter()
+    nats, windows, n_bytes = evaluate(model, data, n_targets, batch_size, autocast, token_byte_lengths(tokenizer))
+    seconds = time.perf_counter() - t0
+    loss = nats / n_targets
+    result = dict(checkpoint=os.path.abspath(path), iter_num=ckpt["iter_num"],
+                  optimizer_name=ckpt["config"].get("optimizer_name"), split=cfg.split,
+                  data_dir=os.path.abspath(data_dir), tokenizer=tokenizer.name, tokens=n_targets, split_tokens=n_split,
+                  windows=windows, block_size=model.config.block_size, bytes=n_bytes,
+                  loss=loss, perplexity=math.exp(loss), bits_per_token=loss / math.log(2),
+                  bits_per_byte=nats / math.log(2) / n_bytes, device=str(device), dtype=dtype, seconds=seconds)
+
+    suffix = "" if n_targets == n_split - 1 else f"_{n_targets}tokens"
+    out_path = os.path.join(os.path.dirname(os.path.abspath(path)), f"eval_{cfg.split}_{ckpt['iter_num']}{suffix}.json")
+    print(f"{path}: iteration {result['iter_num']}, {model.num_params() / 1e6:.2f}M parameters, "
+          f"trained with {result['optimizer_name']}")
+    print(f"{cfg.split} split of {data_dir} ({tokenizer.name} tokenizer): {n_targets:,} of {n_split - 1:,} tokens "
+          f"predicted in {windows:,} windows of up to {model.config.block_size}; {dtype} on {device}, {seconds:.1f} s")
+    print(f"loss {loss:.4f} nats/token | perplexity {result['perplexity']:.3f} | "
+          f"{result['bits_per_token']:.4f} bits/token | {result['bits_per_byte']:.4f} bits/byte")
+    try:
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    except OSError as err:
+        raise UserError(f"cannot write {out_path} ({err.strerror}); the numbers above are the result") from None
+    print(f"wrote {out_path}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
