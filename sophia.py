@@ -370,6 +370,7 @@ def _single_tensor_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1
         _sub_scaled(theta, ratio, lr)                                          # θ ← θ − lr·ratio
         if theta is not param:
             param.copy_(theta)
+        del denom, ratio, theta    # at most one parameter-sized temporary alive at a time
 
 
 def _foreach_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho, weight_decay, bs,
@@ -384,11 +385,11 @@ def _foreach_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho,
         if weight_decay != 0:
             torch._foreach_mul_(theta, 1 - lr * weight_decay)
         torch._foreach_lerp_(m, g, 1 - beta1)
-        denom = torch._foreach_mul(h, rho * bs)
-        torch._foreach_clamp_min_(denom, 0)
-        torch._foreach_add_(denom, EPS)
-        ratio = torch._foreach_div(m, denom)
-        del denom
+        ratio = torch._foreach_mul(h, rho * bs)              # the step's one temporary, reused in place:
+        torch._foreach_clamp_min_(ratio, 0)                  # ρ·bs·max(h, 0)
+        torch._foreach_add_(ratio, EPS)                      #   + ε
+        torch._foreach_reciprocal_(ratio)                    # 1 / denom
+        torch._foreach_mul_(ratio, m)                        # m / denom
         torch._foreach_clamp_min_(ratio, -1)
         torch._foreach_clamp_max_(ratio, 1)
         if torch.is_tensor(lr):
@@ -424,7 +425,10 @@ def _fused_sophia_kernel(params, grads, exp_avgs, hessians, hyper, group_of, neg
 def _fused_sophia(batches):
     global _compiled_kernel
     if _compiled_kernel is None:
-        _compiled_kernel = torch.compile(_fused_sophia_kernel, fullgraph=True)
+        # on CPU, one loop per tensor: inductor would otherwise pack up to 4 tensors into one loop, which
+        # streams 16 arrays at once and measured ~10% slower than one tensor at a time
+        _compiled_kernel = torch.compile(_fused_sophia_kernel, fullgraph=True,
+                                         options={"cpp.max_horizontal_fusion_size": 1})
     batches = [_real_views(b) for b in batches]
     per_device = {}
     for k, batch in enumerate(batches):

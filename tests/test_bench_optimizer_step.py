@@ -8,7 +8,8 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("bench_optimizer_step", os.path.join(ROOT, "bench", "optimizer_step.py"))
+SCRIPT = os.path.join(ROOT, "bench", "optimizer_step.py")
+spec = importlib.util.spec_from_file_location("bench_optimizer_step", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
@@ -21,10 +22,12 @@ def test_prints_ratios_and_measures_temporaries(capsys):
     assert list(results) == ["adamw_fused", "single", "foreach", "default", "adamw_foreach"]
     for name, label in [("adamw_fused", "adamw fused"), ("single", "sophia single-tensor"),
                         ("foreach", "sophia foreach"), ("default", r"sophia default \(foreach\)")]:
-        row = re.search(rf"^{label} .* (\d+\.\d\d)x ", out, re.M)
+        row = re.search(rf"^{label} .* (\d+\.\d\d)x +(\d+\.\d\d)x ", out, re.M)
         assert row, f"no table row for {label}"
         assert float(row.group(1)) == pytest.approx(results[name]["ratio"], abs=0.006)
-    assert results["adamw_fused"]["ratio"] == 1.0
+        assert float(row.group(2)) == pytest.approx(results[name]["paired_ratio"], abs=0.006)
+    assert results["adamw_fused"]["ratio"] == 1.0 and results["adamw_fused"]["paired_ratio"] == 1.0
+    assert all(r["paired_ratio"] > 0 for r in results.values())
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] for r in results.values())
     assert re.search(r"^default Sophia step / AdamW fused step = \d+\.\d\dx \(target <= 1\.0x\)", out, re.M)
 

@@ -1,0 +1,256 @@
+"""
+A fair comparison of AdamW, Lion, Sophia-G and Sophia-H at a scale a 2-core CPU can run, and the paper's
+headline metric: how many steps each optimizer needs to reach tuned AdamW's final validation loss.
+
+    python bench/compare_optimizers.py                  # the full study (README "Results"), ~25 min on 2 cores
+    python bench/compare_optimizers.py --quick          # a minute-long smoke version (used by the tests)
+
+Protocol (every run goes through train.py with config/compare_tiny.py; only the optimizer's own
+hyperparameters differ, and the script asserts it):
+  1. sweep: each optimizer over its learning-rate grid (and rho for Sophia), seed 0;
+  2. seeds: each optimizer's best setting (lowest final val loss) with the other seeds;
+  3. report: final val loss mean ± std over seeds; for each seed, the steps an optimizer needs to reach
+     AdamW's final val loss of the same seed (same init, same batches), interpolated between evaluations;
+     the speed-up max_iters / steps with a t-interval over seeds; wall-clock per run.
+Runs execute `--jobs` at a time, one CPU thread each. Results go to --out: results.json, results.md
+(the table), sweep.png and, through plot.py, val_loss.png, train_loss.png and win_clip_rate.png.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import plot  # noqa: E402
+
+BASE_CONFIG = "config/compare_tiny.py"
+OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "rho",
+                  "hess_interval", "hess_total_bs", "optimizer_impl"}
+RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
+
+# name: (optimizer_name, fixed hyperparameters, grid of (learning_rate, rho))
+STUDY = {
+    "adamw": ("adamw", dict(weight_decay=0.1, beta1=0.9, beta2=0.95),
+              [(lr, None) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]),
+    "lion": ("lion", dict(weight_decay=1.0, beta1=0.9, beta2=0.99),
+             [(lr, None) for lr in (1.5e-4, 3e-4, 6e-4, 1.2e-3)]),
+    "sophiag": ("sophiag", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
+                [(lr, rho) for lr in (5e-4, 1e-3, 2e-3, 4e-3) for rho in (0.05, 0.5)]),
+    "sophiah": ("sophiah", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
+                [(lr, rho) for lr in (5e-4, 1e-3, 2e-3, 4e-3) for rho in (0.01, 0.1)]),
+}
+SEEDS = (0, 1, 2)
+QUICK = dict(max_iters=30, eval_interval=10, seeds=(0, 1),
+             grids={"adamw": [(2e-3, None), (4e-3, None)], "lion": [(3e-4, None), (6e-4, None)],
+                    "sophiag": [(1e-3, 0.05), (2e-3, 0.05)], "sophiah": [(1e-3, 0.01), (2e-3, 0.01)]})
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def run_name(name, lr, rho, seed):
+    return f"{name}_lr{lr:g}" + (f"_rho{rho:g}" if rho is not None else "") + f"_seed{seed}"
+
+
+def train_run(out, data_dir, name, lr, rho, seed, extra):
+    """One training run in its own process and one CPU thread. Returns its summary."""
+    optimizer, fixed, _ = STUDY[name]
+    run_dir = os.path.join(out, "runs", run_name(name, lr, rho, seed))
+    if os.path.exists(os.path.join(run_dir, "summary.json")):      # finished earlier: reuse
+        return json.load(open(os.path.join(run_dir, "summary.json")))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = [sys.executable, "train.py", BASE_CONFIG, f"--out_dir={run_dir}", f"--data_dir={data_dir}",
+            f"--optimizer_name={optimizer}", f"--learning_rate={lr}", f"--seed={seed}",
+            *[f"--{k}={v}" for k, v in fixed.items()], *extra]
+    if rho is not None:
+        args.append(f"--rho={rho}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {run_dir} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    for stale in os.listdir(run_dir):   # the comparison needs metrics only; checkpoints just take disk
+        if stale.endswith(".pt"):
+            os.remove(os.path.join(run_dir, stale))
+    train_rows, eval_rows, info = plot.load_metrics(run_dir)
+    summary = dict(name=name, lr=lr, rho=rho, seed=seed, dir=run_dir, wall_s=wall,
+                   train_s=train_rows[-1]["time"], final_val=eval_rows[-1]["val/loss"],
+                   curve=[(r["iter"], r["val/loss"]) for r in eval_rows],
+                   win_rate=train_rows[-1].get("train/win_rate"), config=info["config"],
+                   init=info.get("init_sha256"), data=info.get("data"))
+    json.dump(summary, open(os.path.join(run_dir, "summary.json"), "w"))
+    return summary
+
+
+def run_all(jobs, tasks, out, data_dir, extra):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(train_run, out, data_dir, *task, extra) for task in tasks]
+        results = []
+        for future in concurrent.futures.as_completed(futures):
+            r = future.result()
+            results.append(r)
+            print(f"  {run_name(r['name'], r['lr'], r['rho'], r['seed']):34s} final val {r['final_val']:.4f}  "
+                  f"wall {r['wall_s']:5.1f} s" + (f"  win_rate {r['win_rate']:.3f}" if r["win_rate"] is not None
+                                                  else ""), flush=True)
+    return results
+
+
+def check_fairness(runs):
+    """Everything but the optimizer's own hyperparameters (and the seed) must be identical across runs; the
+    same seed must give the same initial weights; the schedule shape and token budget must match."""
+    def shared(r):
+        return {k: v for k, v in r["config"].items() if k not in OPTIMIZER_KEYS | RUN_KEYS}
+    reference = shared(runs[0])
+    for r in runs:
+        differ = {k for k in reference if shared(r).get(k) != reference[k]}
+        assert not differ, f"{r['dir']} differs from {runs[0]['dir']} in {sorted(differ)}"
+        ratio = r["config"]["min_lr"] / r["config"]["learning_rate"]
+        assert abs(ratio - 0.05) < 1e-9, f"{r['dir']}: min_lr / learning_rate = {ratio}, not 0.05"
+        assert r["data"] == runs[0]["data"], f"{r['dir']} trained on other data"
+    for seed in {r["seed"] for r in runs}:
+        inits = {r["init"] for r in runs if r["seed"] == seed}
+        assert len(inits) == 1, f"seed {seed}: runs started from different weights {inits}"
+    budget = {r["config"]["max_iters"] * r["config"]["total_bs"] * r["config"]["block_size"] for r in runs}
+    assert len(budget) == 1, f"token budgets differ: {budget}"
+    return reference
+
+
+def steps_to_reach(curve, target):
+    """First iteration at which the val-loss curve reaches target, linearly interpolated between
+    evaluations; None if it never does."""
+    for (i0, v0), (i1, v1) in zip(curve, curve[1:]):
+        if v1 <= target:
+            return i1 if v0 == v1 else i0 + (i1 - i0) * (v0 - target) / (v0 - v1)
+    return None
+
+
+def mean_ci(values):
+    if len(values) < 2:
+        return values[0], float("nan")
+    return statistics.mean(values), T_975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def analyse(best_runs, max_iters):
+    """best_runs: {name: [run per seed]}. Targets are AdamW's final val loss per seed."""
+    target = {r["seed"]: r["final_val"] for r in best_runs["adamw"]}
+    rows = {}
+    for name, runs in best_runs.items():
+        finals = [r["final_val"] for r in runs]
+        steps = {r["seed"]: steps_to_reach(r["curve"], target[r["seed"]]) for r in runs}
+        speedups = [max_iters / s for s in steps.values() if s is not None]
+        rows[name] = dict(
+            lr=runs[0]["lr"], rho=runs[0]["rho"], final_mean=statistics.mean(finals),
+            final_std=statistics.stdev(finals) if len(finals) > 1 else float("nan"),
+            steps={seed: s for seed, s in sorted(steps.items())}, reached=len(speedups), seeds=len(runs),
+            speedup=mean_ci(speedups) if len(speedups) == len(runs) else None,
+            wall_s=statistics.mean(r["wall_s"] for r in runs), train_s=statistics.mean(r["train_s"] for r in runs),
+            win_rate=statistics.mean(r["win_rate"] for r in runs) if runs[0]["win_rate"] is not None else None)
+    return rows
+
+
+def markdown(rows, cfg, max_iters):
+    tokens = max_iters * cfg["total_bs"] * cfg["block_size"]
+    lines = [f"Tiny GPT ({cfg['n_layer']} layers, {cfg['n_embd']} wide, block {cfg['block_size']}) on the stdlib corpus, "
+             f"{max_iters} steps x {cfg['total_bs']} sequences = {tokens:,} tokens per run; "
+             f"{rows['adamw']['seeds']} seeds at each optimizer's best setting.",
+             "",
+             "| optimizer | best lr | rho | final val loss (mean ± std) | steps to AdamW's final loss, per seed "
+             "| speed-up vs AdamW (95% CI) | win rate | train s / run | wall s / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        steps = ", ".join("–" if s is None else f"{s:.0f}" for s in r["steps"].values())
+        if r["speedup"] is None:
+            speed = f"not reached in {r['seeds'] - r['reached']} of {r['seeds']} seeds (< 1)"
+        else:
+            speed = f"{r['speedup'][0]:.2f}x ± {r['speedup'][1]:.2f}"
+        rho = "" if r["rho"] is None else f"{r['rho']:g}"
+        win = "" if r["win_rate"] is None else f"{r['win_rate']:.3f}"
+        lines.append(f"| {name} | {r['lr']:g} | {rho} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {steps} "
+                     f"| {speed} | {win} | {r['train_s']:.1f} | {r['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_figure(sweep, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name in STUDY:
+        by_rho = {}
+        for r in sweep:
+            if r["name"] == name:
+                by_rho.setdefault(r["rho"], []).append((r["lr"], r["final_val"]))
+        for rho, points in by_rho.items():
+            points.sort()
+            ax.plot(*zip(*points), marker="o", label=name + ("" if rho is None else f" rho={rho:g}"))
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final val loss (seed 0)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "compare"))
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (1 thread each)")
+    parser.add_argument("--quick", action="store_true", help="tiny budget, 2 settings per optimizer, 2 seeds")
+    parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
+    args = parser.parse_args()
+    out = os.path.abspath(args.out)
+    if args.fresh:
+        shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    os.makedirs(out, exist_ok=True)
+    data_dir = os.path.join(out, "data")
+    if not os.path.exists(os.path.join(data_dir, "train.bin")):
+        subprocess.run([sys.executable, "data/stdlib/prepare.py", f"--out_dir={data_dir}"], cwd=ROOT, check=True)
+    grids = {name: grid for name, (_, _, grid) in STUDY.items()}
+    seeds, extra = SEEDS, []
+    if args.quick:
+        grids, seeds = QUICK["grids"], QUICK["seeds"]
+        extra = [f"--max_iters={QUICK['max_iters']}", f"--lr_decay_iters={QUICK['max_iters']}",
+                 f"--eval_interval={QUICK['eval_interval']}", "--warmup_iters=5"]
+    t0 = time.perf_counter()
+    print(f"sweep: {sum(map(len, grids.values()))} runs, seed {seeds[0]}")
+    sweep = run_all(args.jobs, [(name, lr, rho, seeds[0]) for name, grid in grids.items() for lr, rho in grid],
+                    out, data_dir, extra)
+    best = {name: min((r for r in sweep if r["name"] == name), key=lambda r: r["final_val"]) for name in grids}
+    print(f"seeds: best settings x seeds {list(seeds[1:])}")
+    more = run_all(args.jobs, [(name, b["lr"], b["rho"], seed) for name, b in best.items() for seed in seeds[1:]],
+                   out, data_dir, extra)
+    best_runs = {name: sorted([best[name]] + [r for r in more if r["name"] == name], key=lambda r: r["seed"])
+                 for name in grids}
+    cfg = check_fairness(sweep + more)
+    max_iters = sweep[0]["config"]["max_iters"]
+    rows = analyse(best_runs, max_iters)
+    for name, grid in grids.items():
+        if len(grid) > 1 and best[name]["lr"] in (min(l for l, _ in grid), max(l for l, _ in grid)):
+            print(f"note: {name}'s best lr {best[name]['lr']:g} is at the edge of its grid")
+    table = markdown(rows, {**cfg, "max_iters": max_iters}, max_iters)
+    figures = [sweep_figure(sweep, os.path.join(out, "sweep.png"))]
+    figures += plot.plot_runs([runs[0]["dir"] for runs in best_runs.values()], out,
+                              labels=[f"{name} lr={runs[0]['lr']:g}" + (f" rho={runs[0]['rho']:g}" if runs[0]['rho']
+                                                                         is not None else "")
+                                      for name, runs in best_runs.items()])
+    open(os.path.join(out, "results.md"), "w").write(table)
+    json.dump(dict(rows=rows, sweep=[{k: v for k, v in r.items() if k != "config"} for r in sweep],
+                   seeds=[{k: v for k, v in r.items() if k != "config"} for r in more], shared_config=cfg),
+              open(os.path.join(out, "results.json"), "w"), indent=1)
+    print("\n" + table)
+    print(f"fairness checks passed: {len(sweep) + len(more)} runs share data, init per seed, model, schedule "
+          f"shape, clipping, precision and token budget")
+    print(f"figures: {', '.join(os.path.relpath(f, ROOT) for f in figures)}")
+    print(f"total wall time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
