@@ -89,13 +89,14 @@ class Sampler:
         high = self.dataset.lengths[split] - self.dataset.block_size   # last valid window start + 1
         return np.random.default_rng(derive_seed(seed, stream, iter_num)).integers(0, high, size=count)
 
-    def micro_batches(self, seed, stream, iter_num, count, split="train"):
-        """[(global micro-batch index, x, y)] for this rank's share of a global batch of `count` rows.
-        All are loaded up front (a few hundred KB): on CUDA their copies overlap with the compute."""
+    def micro_batches(self, seed, stream, iter_num, count, split="train", batch_size=None):
+        """[(first global row, x, y)] for this rank's share of a global batch of `count` rows, cut into
+        micro-batches of batch_size rows (default: the sampler's). All are loaded up front (a few hundred
+        KB): on CUDA their copies overlap with the compute."""
+        size = batch_size or self.batch_size
         starts = self.starts(seed, stream, iter_num, count, split)
-        return [(index, *self.dataset.windows(split, starts[index * self.batch_size:(index + 1) * self.batch_size],
-                                              self.device))
-                for index in range(self.rank, -(-count // self.batch_size), self.world)]
+        return [(index * size, *self.dataset.windows(split, starts[index * size:(index + 1) * size], self.device))
+                for index in range(self.rank, -(-count // size), self.world)]
 
 
 def _prepare_command(data_dir):

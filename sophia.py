@@ -105,6 +105,7 @@ class SophiaG(Optimizer):
     def load_state_dict(self, state_dict):
         # torch casts floating state to the parameter's dtype; keep fp32 state for 16-bit parameters
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_scratch_buffers", None)     # they belonged to the replaced state tensors
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for group in self.param_groups:
             for p in group["params"]:
@@ -148,6 +149,8 @@ class SophiaG(Optimizer):
             if path == "fused":
                 fused.append((group, batch))
             else:
+                if path == "foreach":
+                    batch["scratch"] = self._scratch(batch["exp_avgs"])
                 sophia_step(**batch, path=path)
         if fused:
             try:  # one horizontal kernel for all fused groups
@@ -178,6 +181,12 @@ class SophiaG(Optimizer):
         if not params:
             return None
         return dict(params=params, grads=grads, exp_avgs=exp_avgs, hessians=hessians, steps=steps)
+
+    def _scratch(self, exp_avgs):
+        """The foreach path's temporary, one buffer per state tensor kept between steps: a fresh
+        parameter-sized allocation every step costs more than the step's arithmetic on CPU."""
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})   # keyed by the state tensor itself
+        return [buffers[m] if m in buffers else buffers.setdefault(m, torch.empty_like(m)) for m in exp_avgs]
 
     def _choose_path(self, group):
         """Explicit flags win; otherwise fused for large CPU/CUDA models, else foreach."""
@@ -295,13 +304,20 @@ def gnb_loss(logits, *, generator=None, ignore_mask=None):
     Backprop it, then call SophiaG.update_hessian(): since E_ŷ[∇ℓ(ŷ)] = 0 and E_ŷ[∇ℓ∇ℓᵀ] = Gauss-Newton
     (the Bartlett identity), bs·ĝ⊙ĝ is an unbiased estimate of the Gauss-Newton diagonal of the mean loss.
     Pass the FULL logits of every position (not just the last one) and no true labels anywhere.
+    generator: a torch.Generator for the draws, or a list of them, one per row of logits (dim 0): seeded per
+    sequence, the labels then do not depend on how a batch is split into micro-batches or processes.
     ignore_mask (bool, same shape as logits[..., 0]) marks positions to leave out (e.g. padding)."""
-    logits = logits.float().reshape(-1, logits.size(-1))
     with torch.no_grad():
-        labels = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        if isinstance(generator, (list, tuple)):    # row by row: also keeps the fp32 probabilities small
+            labels = torch.stack([torch.multinomial(row.float().reshape(-1, row.size(-1)).softmax(-1), 1,
+                                                    generator=g).reshape(row.shape[:-1])
+                                  for row, g in zip(logits, generator, strict=True)])
+        else:
+            probs = logits.float().reshape(-1, logits.size(-1)).softmax(-1)
+            labels = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
         if ignore_mask is not None:
-            labels[ignore_mask.reshape(-1)] = -1
-    return F.cross_entropy(logits, labels, ignore_index=-1)
+            labels[ignore_mask] = -1
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-1)
 
 
 def hessian_vector_product(loss, params, vectors, grads=None):
@@ -342,18 +358,23 @@ def hutchinson_estimate(loss, params, *, generator=None, probe="rademacher"):
 # Functional core
 
 def sophia_step(params, grads, exp_avgs, hessians, steps, *, path, lr, beta1, rho, weight_decay, bs,
-                maximize):
-    """One Sophia step on lists of tensors; path is 'single', 'foreach' or 'fused'."""
+                maximize, scratch=None):
+    """One Sophia step on lists of tensors; path is 'single', 'foreach' or 'fused'. `scratch` (foreach
+    only): reusable buffers shaped like exp_avgs for the temporary; None allocates it."""
     batch = dict(params=params, grads=grads, exp_avgs=exp_avgs, hessians=hessians, steps=steps, lr=lr,
                  beta1=beta1, rho=rho, weight_decay=weight_decay, bs=bs, maximize=maximize)
     if path == "fused":
         return _fused_sophia([batch])
-    {"single": _single_tensor_sophia, "foreach": _foreach_sophia}[path](**_real_views(batch))
+    if path == "single":
+        return _single_tensor_sophia(**_real_views(batch))
+    _foreach_sophia(**_real_views(dict(batch, scratch=scratch)))
 
 
 def _real_views(batch):
     # complex tensors are updated through their real views (16-bit params are upcast inside each path)
-    return {k: [_real(t) for t in v] if k in ("params", "grads", "exp_avgs", "hessians") else v
+    if not any(p.is_complex() for p in batch["params"]):
+        return batch
+    return {k: [_real(t) for t in v] if k in ("params", "grads", "exp_avgs", "hessians", "scratch") and v else v
             for k, v in batch.items()}
 
 
@@ -374,18 +395,23 @@ def _single_tensor_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1
 
 
 def _foreach_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho, weight_decay, bs,
-                    maximize):
+                    maximize, scratch=None):
     torch._foreach_add_(steps, 1)
     for (device, dtype), idx in _group_by_device_and_dtype(params, exp_avgs).items():
         p, m, h = [params[i] for i in idx], [exp_avgs[i] for i in idx], [hessians[i] for i in idx]
-        g = [grads[i].to(m[0].dtype) for i in idx]
+        g = [grads[i] if grads[i].dtype == m[0].dtype else grads[i].to(m[0].dtype) for i in idx]
         theta = p if p[0].dtype == m[0].dtype else [t.to(m[0].dtype) for t in p]
         if maximize:
             g = torch._foreach_neg(g)
         if weight_decay != 0:
             torch._foreach_mul_(theta, 1 - lr * weight_decay)
         torch._foreach_lerp_(m, g, 1 - beta1)
-        ratio = torch._foreach_mul(h, rho * bs)              # the step's one temporary, reused in place:
+        if scratch is None:                                  # the step's one temporary, reused in place:
+            ratio = torch._foreach_mul(h, rho * bs)
+        else:
+            ratio = [scratch[i] for i in idx]
+            torch._foreach_copy_(ratio, h)
+            torch._foreach_mul_(ratio, rho * bs)
         torch._foreach_clamp_min_(ratio, 0)                  # ρ·bs·max(h, 0)
         torch._foreach_add_(ratio, EPS)                      #   + ε
         torch._foreach_reciprocal_(ratio)                    # 1 / denom

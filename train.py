@@ -168,9 +168,10 @@ def resolve(cfg, world_size):
                         f"{cfg.batch_size} x {world_size} process(es) = "
                         f"{cfg.gradient_accumulation_steps * per_step} sequences, but total_bs={cfg.total_bs}; "
                         f"use --gradient_accumulation_steps={grad_accum} or leave it unset (derived)")
-    if cfg.optimizer_name.startswith("sophia") and cfg.hess_total_bs % per_step:
-        raise UserError(f"hess_total_bs={cfg.hess_total_bs} is not divisible by batch_size={cfg.batch_size} x "
-                        f"{world_size} process(es); pick a multiple of {per_step}")
+    if cfg.optimizer_name.startswith("sophia") and cfg.hess_total_bs > cfg.batch_size and \
+            cfg.hess_total_bs % cfg.batch_size:
+        raise UserError(f"hess_total_bs={cfg.hess_total_bs} must be at most batch_size={cfg.batch_size} or a "
+                        f"multiple of it (the Hessian pass runs in micro-batches of batch_size sequences)")
     return grad_accum
 
 
@@ -429,51 +430,61 @@ class Trainer:
         return loss_value, norm_value
 
     def hessian_refresh(self, iter_num):
-        """Sophia-G: backprop the loss against labels sampled from the model's own full logits (GNB), on a
-        fresh batch of hess_total_bs sequences, all-reduced by DDP, clipped like the training gradient
-        (as upstream), then h <- β2 h + (1 - β2) ĝ⊙ĝ. Sophia-H: the Hutchinson estimate u⊙(∇²L u),
-        averaged over micro-batches and ranks. Random draws come from generators seeded by
-        (seed, iteration, global micro-batch index), so the estimate does not depend on the world size."""
+        """Sophia-G: backprop the loss against labels sampled from the model's own full logits (GNB) on a
+        fresh batch of hess_total_bs sequences, sum the gradients over ranks, clip them like the training
+        gradient (as upstream), then h <- β2 h + (1 - β2) ĝ⊙ĝ. Sophia-H: the Hutchinson estimate u⊙(∇²L u)
+        with one probe u per refresh, averaged over micro-batches and ranks.
+        The Hessian batch is cut into micro-batches of min(batch_size, hess_total_bs) rows whatever the world
+        size (a rank may get none), labels are seeded per global row and the probe per iteration: the
+        estimate is the same on 1 or N processes, up to the order of floating-point sums."""
         cfg, run = self.cfg, self.run
-        batches = self.sampler.micro_batches(cfg.seed, HESSIAN, iter_num, cfg.hess_total_bs)
-        generator = torch.Generator(device=run.device)
-        n_global = cfg.hess_total_bs // cfg.batch_size
+        size = min(cfg.batch_size, cfg.hess_total_bs)
+        batches = self.sampler.micro_batches(cfg.seed, HESSIAN, iter_num, cfg.hess_total_bs, batch_size=size)
+        n_micro = cfg.hess_total_bs // size                  # over all ranks
+        seed = lambda *parts: derive_seed(cfg.seed, HESSIAN, iter_num, *parts)  # noqa: E731
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]   # the optimizer's order
         if cfg.optimizer_name == "sophiag":
             # E[ĝ⊙ĝ] = diag(GN) / (tokens behind ĝ), and step() multiplies h by bs = tokens per step: a
             # smaller Hessian batch is rescaled by sqrt(hess_total_bs / total_bs) so that bs·h stays unbiased
-            scale = math.sqrt(cfg.hess_total_bs / cfg.total_bs) / len(batches)
-            for micro, (index, x, _) in enumerate(batches):
-                generator.manual_seed(derive_seed(cfg.seed, HESSIAN, iter_num, index))
-                self._sync_grads(micro == len(batches) - 1)
-                with run.autocast:
-                    logits, _ = self.model(x)
-                loss = gnb_loss(logits, generator=generator) * scale
-                (loss * self.scaler.get_scale() if self.scaler.is_enabled() else loss).backward()
-            params = [p for p in self.raw_model.parameters() if p.grad is not None]
+            scale = math.sqrt(cfg.hess_total_bs / cfg.total_bs) / n_micro
             if self.scaler.is_enabled():
-                torch._foreach_div_([p.grad for p in params], self.scaler.get_scale())
+                scale *= self.scaler.get_scale()
+            for first_row, x, _ in batches:
+                generators = [torch.Generator(device=run.device).manual_seed(seed(first_row + r))
+                              for r in range(len(x))]
+                with run.autocast:
+                    logits, _ = self.compiled(x)             # not through DDP: the sum over ranks is below
+                (gnb_loss(logits, generator=generators) * scale).backward()
+            grads = self._all_reduce_sum([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+            if self.scaler.is_enabled():
+                torch._foreach_div_(grads, self.scaler.get_scale())
+            for p, g in zip(params, grads):
+                p.grad = g
             norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
-                    else torch.nn.utils.get_total_norm([p.grad for p in params]))
+                    else torch.nn.utils.get_total_norm(grads))
             if math.isfinite(norm.item()):
                 self.optimizer.update_hessian()
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]   # its order
-            total = None
+            generator, total = torch.Generator(device=run.device), [torch.zeros_like(p) for p in params]
             # double backward needs the uncompiled module and the math attention kernel
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-                for index, x, y in batches:
-                    generator.manual_seed(derive_seed(cfg.seed, HESSIAN, iter_num, index))
+                for _, x, y in batches:
                     with run.autocast:
                         _, loss = self.raw_model(x, y)
-                    estimate = hutchinson_estimate(loss, params, generator=generator)
-                    total = estimate if total is None else torch._foreach_add(total, estimate)
-            flat = torch._utils._flatten_dense_tensors(total)
-            if run.ddp:   # DDP does not reduce second-order gradients: average the estimates ourselves
-                dist.all_reduce(flat)
-            total = torch._utils._unflatten_dense_tensors(flat / n_global, total)
+                    generator.manual_seed(seed())      # the same probe u for every micro-batch and rank
+                    torch._foreach_add_(total, hutchinson_estimate(loss / n_micro, params, generator=generator))
+            total = self._all_reduce_sum(total)       # DDP does not reduce second-order gradients
             if all(torch.isfinite(t).all() for t in total):
-                self.optimizer.update_hessian(estimates=list(total))
+                self.optimizer.update_hessian(estimates=total)
+
+    def _all_reduce_sum(self, tensors):
+        """Sum a list of tensors over ranks, through one flat buffer."""
+        if not self.run.ddp:
+            return tensors
+        flat = torch._utils._flatten_dense_tensors(tensors)
+        dist.all_reduce(flat)
+        return list(torch._utils._unflatten_dense_tensors(flat, tensors))
 
     @torch.no_grad()
     def evaluate(self):

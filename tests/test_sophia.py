@@ -501,6 +501,19 @@ def test_gnb_loss_ignores_masked_positions_and_uses_no_true_labels():
     assert mean_grad.abs().max() < 0.04
 
 
+def test_gnb_loss_with_per_row_generators_does_not_depend_on_the_split():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 9)
+    gens = lambda rows: [torch.Generator().manual_seed(100 + r) for r in rows]  # noqa: E731
+    whole = gnb_loss(logits, generator=gens(range(4)))
+    halves = (gnb_loss(logits[:2], generator=gens(range(2))) + gnb_loss(logits[2:], generator=gens(range(2, 4)))) / 2
+    torch.testing.assert_close(whole, halves)
+    other = gnb_loss(logits, generator=gens(range(10, 14)))
+    assert not torch.allclose(whole, other)
+    with pytest.raises(ValueError):
+        gnb_loss(logits, generator=gens(range(3)))          # one generator per row, no fewer
+
+
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_is_unbiased_for_diagonal_of_known_hessian(probe):
     torch.manual_seed(0)
