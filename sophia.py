@@ -65,7 +65,7 @@ class SophiaG(Optimizer):
         fp32_state: keep exp_avg and hessian in fp32 for bf16/fp16 parameters.
     """
 
-    default_bs = 5120        # upstream's default; always pass the real tokens per step instead
+    default_bs = 5120        # step()'s default, used by stats() when no bs is given
 
     def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *,
                  maximize=False, capturable=False, foreach=None, fused=None, fp32_state=True):
@@ -131,13 +131,14 @@ class SophiaG(Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure=None, bs=None):
-        """One Sophia step from the gradients in .grad. `bs`: predictions (tokens) per optimizer step."""
+    def step(self, closure=None, bs=5120):
+        """One Sophia step from the gradients in .grad. `bs`: the number of predictions (tokens) behind this
+        step's gradient, e.g. global batch sequences x sequence length. The default 5120 is upstream's
+        placeholder: always pass the real count."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        bs = self.default_bs if bs is None else bs
         fused = []
         for group in self.param_groups:
             batch = self._gather(group)
@@ -281,6 +282,10 @@ class SophiaH(SophiaG):
             raise ValueError(f"Invalid probe {probe!r}: choose one of {sorted(PROBES)}")
         self.probe = probe
         super().__init__(params, lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, **kwargs)
+
+    def step(self, closure=None, bs=1):
+        """One Sophia-H step; bs = 1 because h estimates the Hessian of the mean loss itself."""
+        return super().step(closure, bs)
 
     def update_hessian(self, loss=None, *, estimates=None, generator=None):
         """h ← β2·h + (1 − β2)·u⊙(∇²L·u), from `loss` (still holding its graph) or precomputed estimates."""

@@ -19,7 +19,6 @@ with wandb_log=True, a wandb run that a resumed run continues.
 """
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -45,8 +44,6 @@ from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler,
 from lion import Lion
 from model import GPT, GPTConfig
 from sophia import SophiaG, SophiaH, gnb_loss, hutchinson_estimate
-
-OPTIMIZERS = ("sophiag", "sophiah", "adamw", "lion")
 
 # Per-optimizer defaults for the keys left at None; GPT-2 small values from the Sophia paper / upstream
 # configs. Sophia-H's rho is the paper's γ for Hutchinson; Lion's weight decay is 10x AdamW's because its
@@ -320,6 +317,7 @@ class Trainer:
             self.raw_model = GPT(GPTConfig(**self.model_args)).to(run.device)
         except ValueError as err:
             raise UserError(str(err)) from None
+        torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
         self.optimizer = build_optimizer(cfg, self.raw_model)
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
         # counters saved in checkpoints, so a resumed run logs exactly what a straight run logs

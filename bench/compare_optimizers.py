@@ -2,16 +2,17 @@
 A fair comparison of AdamW, Lion, Sophia-G and Sophia-H at a scale a 2-core CPU can run, and the paper's
 headline metric: how many steps each optimizer needs to reach tuned AdamW's final validation loss.
 
-    python bench/compare_optimizers.py                  # the full study (README "Results"), ~25 min on 2 cores
+    python bench/compare_optimizers.py --out assets/compare   # the full study (README "Results"), ~25 min on 2 cores
     python bench/compare_optimizers.py --quick          # a minute-long smoke version (used by the tests)
 
 Protocol (every run goes through train.py with config/compare_tiny.py; only the optimizer's own
 hyperparameters differ, and the script asserts it):
   1. sweep: each optimizer over its learning-rate grid (and rho for Sophia), seed 0;
   2. seeds: each optimizer's best setting (lowest final val loss) with the other seeds;
-  3. report: final val loss mean ± std over seeds; for each seed, the steps an optimizer needs to reach
-     AdamW's final val loss of the same seed (same init, same batches), interpolated between evaluations;
-     the speed-up max_iters / steps with a t-interval over seeds; wall-clock per run.
+  3. report: final val loss mean ± std over seeds; the paper's headline metric, paired with AdamW's run of
+     the same seed (same init, same batches): the steps AdamW needs over the steps the optimizer needs to
+     reach the loss both reach (interpolated between evaluations), with a 95% t-interval over seeds, the
+     same in wall time, and the wall-clock per run.
 Runs execute `--jobs` at a time, one CPU thread each. Results go to --out: results.json, results.md
 (the table), sweep.png and, through plot.py, val_loss.png, train_loss.png and win_clip_rate.png.
 """
@@ -37,20 +38,21 @@ OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "
 RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 
 # name: (optimizer_name, fixed hyperparameters, grid of (learning_rate, rho))
+# (grids bracket each optimizer's best in pilot runs; betas and weight decay are each optimizer's published defaults)
 STUDY = {
     "adamw": ("adamw", dict(weight_decay=0.1, beta1=0.9, beta2=0.95),
               [(lr, None) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]),
     "lion": ("lion", dict(weight_decay=1.0, beta1=0.9, beta2=0.99),
              [(lr, None) for lr in (1.5e-4, 3e-4, 6e-4, 1.2e-3)]),
     "sophiag": ("sophiag", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
-                [(lr, rho) for lr in (5e-4, 1e-3, 2e-3, 4e-3) for rho in (0.05, 0.5)]),
+                [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.05, 0.5)]),
     "sophiah": ("sophiah", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
-                [(lr, rho) for lr in (5e-4, 1e-3, 2e-3, 4e-3) for rho in (0.01, 0.1)]),
+                [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.1, 1.0, 10.0)]),
 }
 SEEDS = (0, 1, 2)
-QUICK = dict(max_iters=30, eval_interval=10, seeds=(0, 1),
-             grids={"adamw": [(2e-3, None), (4e-3, None)], "lion": [(3e-4, None), (6e-4, None)],
-                    "sophiag": [(1e-3, 0.05), (2e-3, 0.05)], "sophiah": [(1e-3, 0.01), (2e-3, 0.01)]})
+QUICK = dict(max_iters=20, eval_interval=5, seeds=(0, 1),
+             grids={"adamw": [(2e-3, None), (4e-3, None)], "lion": [(6e-4, None)], "sophiag": [(1e-3, 0.05)],
+                    "sophiah": [(1e-3, 0.1)]})
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -123,62 +125,73 @@ def check_fairness(runs):
 
 
 def steps_to_reach(curve, target):
-    """First iteration at which the val-loss curve reaches target, linearly interpolated between
-    evaluations; None if it never does."""
+    """First iteration at which the val-loss curve [(iter, loss)] reaches target, linearly interpolated
+    between evaluations; None if it never does."""
     for (i0, v0), (i1, v1) in zip(curve, curve[1:]):
         if v1 <= target:
-            return i1 if v0 == v1 else i0 + (i1 - i0) * (v0 - target) / (v0 - v1)
+            return i1 if v0 <= target or v0 == v1 else i0 + (i1 - i0) * (v0 - target) / (v0 - v1)
     return None
 
 
+def speedup(adamw_curve, curve):
+    """The paper's metric, made symmetric: at the loss both runs reach, L = max(their final val losses),
+    the steps AdamW needs over the steps this optimizer needs. If the optimizer reaches AdamW's final loss
+    at step s of N, that is ~N/s (the paper's "2x"); if it ends worse, it is the share of its steps that
+    AdamW needs to match it (< 1)."""
+    target = max(adamw_curve[-1][1], curve[-1][1])
+    return steps_to_reach(adamw_curve, target) / steps_to_reach(curve, target)
+
+
 def mean_ci(values):
+    """Mean and the half-width of its 95% t-interval."""
     if len(values) < 2:
         return values[0], float("nan")
     return statistics.mean(values), T_975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def analyse(best_runs, max_iters):
-    """best_runs: {name: [run per seed]}. Targets are AdamW's final val loss per seed."""
-    target = {r["seed"]: r["final_val"] for r in best_runs["adamw"]}
+def analyse(best_runs):
+    """best_runs: {name: [run per seed]}, AdamW's included. Each optimizer is compared with AdamW seed by
+    seed: the same seed means the same initial weights and the same batches."""
+    adamw = {r["seed"]: r for r in best_runs["adamw"]}
     rows = {}
     for name, runs in best_runs.items():
         finals = [r["final_val"] for r in runs]
-        steps = {r["seed"]: steps_to_reach(r["curve"], target[r["seed"]]) for r in runs}
-        speedups = [max_iters / s for s in steps.values() if s is not None]
-        rows[name] = dict(
-            lr=runs[0]["lr"], rho=runs[0]["rho"], final_mean=statistics.mean(finals),
-            final_std=statistics.stdev(finals) if len(finals) > 1 else float("nan"),
-            steps={seed: s for seed, s in sorted(steps.items())}, reached=len(speedups), seeds=len(runs),
-            speedup=mean_ci(speedups) if len(speedups) == len(runs) else None,
-            wall_s=statistics.mean(r["wall_s"] for r in runs), train_s=statistics.mean(r["train_s"] for r in runs),
-            win_rate=statistics.mean(r["win_rate"] for r in runs) if runs[0]["win_rate"] is not None else None)
+        steps = [speedup(adamw[r["seed"]]["curve"], r["curve"]) for r in runs]
+        wall = [s * adamw[r["seed"]]["train_s"] / r["train_s"] for s, r in zip(steps, runs)]
+        rows[name] = dict(lr=runs[0]["lr"], rho=runs[0]["rho"], seeds=[r["seed"] for r in runs],
+                          final_mean=statistics.mean(finals),
+                          final_std=statistics.stdev(finals) if len(finals) > 1 else float("nan"),
+                          speedup_per_seed=steps, speedup=mean_ci(steps), wall_speedup=mean_ci(wall),
+                          train_s=statistics.mean(r["train_s"] for r in runs),
+                          wall_s=statistics.mean(r["wall_s"] for r in runs),
+                          win_rate=statistics.mean(r["win_rate"] for r in runs) if runs[0]["win_rate"] is not None
+                          else None)
     return rows
 
 
-def markdown(rows, cfg, max_iters):
-    tokens = max_iters * cfg["total_bs"] * cfg["block_size"]
-    lines = [f"Tiny GPT ({cfg['n_layer']} layers, {cfg['n_embd']} wide, block {cfg['block_size']}) on the stdlib corpus, "
-             f"{max_iters} steps x {cfg['total_bs']} sequences = {tokens:,} tokens per run; "
-             f"{rows['adamw']['seeds']} seeds at each optimizer's best setting.",
+def markdown(rows, cfg):
+    tokens = cfg["max_iters"] * cfg["total_bs"] * cfg["block_size"]
+    lines = [f"Tiny GPT ({cfg['n_layer']} layers, {cfg['n_embd']} wide, block {cfg['block_size']}) on the stdlib "
+             f"corpus, {cfg['max_iters']} steps x {cfg['total_bs']} sequences = {tokens:,} tokens per run; "
+             f"seeds {rows['adamw']['seeds']} at each optimizer's best setting. Speed-up: steps AdamW needs / steps "
+             f"this optimizer needs to reach the loss both reach (> 1: faster than AdamW), paired by seed.",
              "",
-             "| optimizer | best lr | rho | final val loss (mean ± std) | steps to AdamW's final loss, per seed "
-             "| speed-up vs AdamW (95% CI) | win rate | train s / run | wall s / run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| optimizer | best lr | ρ | final val loss (mean ± std) | speed-up in steps, per seed "
+             "| speed-up in steps (95% CI) | speed-up in wall time | win rate | train s / run | wall s / run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        steps = ", ".join("–" if s is None else f"{s:.0f}" for s in r["steps"].values())
-        if r["speedup"] is None:
-            speed = f"not reached in {r['seeds'] - r['reached']} of {r['seeds']} seeds (< 1)"
-        else:
-            speed = f"{r['speedup'][0]:.2f}x ± {r['speedup'][1]:.2f}"
+        per_seed = ", ".join(f"{x:.2f}" for x in r["speedup_per_seed"])
         rho = "" if r["rho"] is None else f"{r['rho']:g}"
         win = "" if r["win_rate"] is None else f"{r['win_rate']:.3f}"
-        lines.append(f"| {name} | {r['lr']:g} | {rho} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {steps} "
-                     f"| {speed} | {win} | {r['train_s']:.1f} | {r['wall_s']:.1f} |")
+        lines.append(f"| {name} | {r['lr']:g} | {rho} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {per_seed} "
+                     f"| {r['speedup'][0]:.2f}x ± {r['speedup'][1]:.2f} | {r['wall_speedup'][0]:.2f}x "
+                     f"± {r['wall_speedup'][1]:.2f} | {win} | {r['train_s']:.1f} | {r['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def sweep_figure(sweep, path):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for name in STUDY:
@@ -190,6 +203,7 @@ def sweep_figure(sweep, path):
             points.sort()
             ax.plot(*zip(*points), marker="o", label=name + ("" if rho is None else f" rho={rho:g}"))
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final val loss (seed 0)")
     ax.grid(alpha=0.3)
@@ -230,12 +244,13 @@ def main():
     best_runs = {name: sorted([best[name]] + [r for r in more if r["name"] == name], key=lambda r: r["seed"])
                  for name in grids}
     cfg = check_fairness(sweep + more)
-    max_iters = sweep[0]["config"]["max_iters"]
-    rows = analyse(best_runs, max_iters)
+    rows = analyse(best_runs)
     for name, grid in grids.items():
-        if len(grid) > 1 and best[name]["lr"] in (min(l for l, _ in grid), max(l for l, _ in grid)):
-            print(f"note: {name}'s best lr {best[name]['lr']:g} is at the edge of its grid")
-    table = markdown(rows, {**cfg, "max_iters": max_iters}, max_iters)
+        for i, key in enumerate(("lr", "rho")):
+            values = sorted({setting[i] for setting in grid if setting[i] is not None})
+            if len(values) > 1 and best[name][key] in (values[0], values[-1]):
+                print(f"note: {name}'s best {key} {best[name][key]:g} is at the edge of its grid {values}")
+    table = markdown(rows, cfg)
     figures = [sweep_figure(sweep, os.path.join(out, "sweep.png"))]
     figures += plot.plot_runs([runs[0]["dir"] for runs in best_runs.values()], out,
                               labels=[f"{name} lr={runs[0]['lr']:g}" + (f" rho={runs[0]['rho']:g}" if runs[0]['rho']

@@ -1,42 +1,14 @@
-# GPT-2 355M on OpenWebText, sophiah: the Sophia paper / upstream hyperparameters.
+# GPT-2 355M on OpenWebText with Sophia-H: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_medium_sophiah.py
+import os
+exec(open(os.path.join(os.path.dirname(__file__), "gpt2_medium.py")).read())   # model, data, schedule
+
 out_dir = "out-gpt2-medium-sophiah"
 wandb_run_name = "gpt2-medium-sophiah"
 
-# --- model: GPT-2 355M (24 layers, 16 heads, 1024 wide), no biases, vocab 50304 ---
-n_layer = 24
-n_head = 16
-n_embd = 1024
-block_size = 1024
-dropout = 0.0
-bias = False
-scale_attn_by_inverse_layer_idx = True     # as upstream's runs (HF GPT-2 option)
-
-# --- data: OpenWebText (python data/openwebtext/prepare.py) ---
-dataset = "openwebtext"
-total_bs = 480                 # sequences per step = 491,520 tokens; Sophia-G's bs is derived from it
-# nproc x batch_size x gradient_accumulation_steps must be 480 (accumulation is derived):
-#   8 GPUs x 6 x 10 = 480 (8xA100-40GB) | 8 x 12 x 5 (80GB) | 4 x 6 x 20 | 1 x 6 x 80
-batch_size = 6
-
-# --- schedule: 100k steps (~49B tokens), 2k warmup, cosine to min_lr = 0.05 x peak (the paper's ratio;
-#     upstream's config used min_lr = none (no upstream run)) ---
-max_iters = 100000
-lr_decay_iters = 100000
-warmup_iters = 2000
-min_lr = None                  # None -> 0.05 x learning_rate
-grad_clip = 1.0
-
-eval_interval = 1000
-eval_iters = 200
-log_interval = 10
-wandb_log = True
-wandb_project = "sophia"
-
-# --- optimizer ---
 optimizer_name = "sophiah"
 learning_rate = 7e-4
-rho = 0.01                     # the paper's gamma for Sophia-H (Hutchinson estimates the Hessian itself, no bs)
+rho = 0.01                     # the paper's gamma for Sophia-H (Hutchinson estimates the Hessian itself)
 weight_decay = 0.2
 beta1 = 0.965
 beta2 = 0.99

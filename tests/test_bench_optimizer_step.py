@@ -36,9 +36,9 @@ def test_prints_ratios_and_measures_temporaries(capsys):
     # fused AdamW works in place
     model = bench.build_model("tiny", torch.device("cpu"))
     largest = max(p.numel() for p in model.parameters()) * 4
-    decay_group = sum(p.numel() for p in model.param_groups(0.1)[0]["params"]) * 4
     assert largest <= results["single"]["peak_extra_bytes"] <= 2 * largest
-    assert results["foreach"]["peak_extra_bytes"] >= decay_group
+    # foreach reuses its scratch buffers (allocated at the first step, during warm-up): nothing per step
+    assert results["foreach"]["peak_extra_bytes"] < largest
     assert results["adamw_fused"]["peak_extra_bytes"] < 4096
 
 

@@ -1,0 +1,76 @@
+"""The optimizer comparison harness: its metric, its fairness checks, and a --quick end-to-end run."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import compare_optimizers as co  # noqa: E402
+
+
+def curve(losses, every=10):
+    return [(i * every, v) for i, v in enumerate(losses)]
+
+
+def test_steps_to_reach_interpolates_between_evaluations():
+    c = curve([5.0, 4.0, 3.0, 2.0])
+    assert co.steps_to_reach(c, 3.5) == pytest.approx(15.0)
+    assert co.steps_to_reach(c, 3.0) == 20
+    assert co.steps_to_reach(c, 1.0) is None
+
+
+def test_speedup_is_the_papers_ratio_both_ways():
+    adamw = curve([5.0, 4.0, 3.0, 2.5, 2.0])                     # reaches 2.0 at step 40
+    twice_as_fast = curve([5.0, 3.0, 2.0, 1.8, 1.7])             # reaches 2.0 at step 20
+    assert co.speedup(adamw, twice_as_fast) == pytest.approx(2.0)
+    half_as_fast = curve([5.0, 4.5, 4.0, 3.5, 3.0])              # ends at 3.0, which AdamW reached at step 20
+    assert co.speedup(adamw, half_as_fast) == pytest.approx(0.5)
+    assert co.speedup(adamw, adamw) == 1.0
+
+
+def test_mean_ci_uses_the_t_distribution():
+    mean, half = co.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+
+
+def fake_run(seed=0, init="abc", **config):
+    base = dict(n_layer=4, total_bs=16, block_size=64, max_iters=100, grad_clip=1.0, dtype="float32",
+                learning_rate=1e-3, min_lr=5e-5, optimizer_name="adamw", out_dir="x", seed=seed)
+    return dict(dir=f"run{seed}", seed=seed, init=init, data={"train": 10}, config={**base, **config})
+
+
+def test_fairness_check_catches_any_shared_difference():
+    runs = [fake_run(), fake_run(optimizer_name="sophiag", learning_rate=2e-3, min_lr=1e-4, out_dir="y")]
+    co.check_fairness(runs)                                     # optimizer keys may differ
+    for bad in (dict(grad_clip=0.5), dict(dtype="bfloat16"), dict(max_iters=200), dict(min_lr=1e-5)):
+        with pytest.raises(AssertionError):
+            co.check_fairness([runs[0], fake_run(**bad)])
+    with pytest.raises(AssertionError, match="different weights"):
+        co.check_fairness([runs[0], fake_run(init="other")])
+    other_data = copy.deepcopy(runs[1])
+    other_data["data"] = {"train": 11}
+    with pytest.raises(AssertionError, match="other data"):
+        co.check_fairness([runs[0], other_data])
+
+
+def test_quick_study_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/compare_optimizers.py", "--quick", f"--out={tmp_path}", "--jobs=2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "fairness checks passed" in proc.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["rows"]) == {"adamw", "lion", "sophiag", "sophiah"}
+    assert results["rows"]["adamw"]["speedup"][0] == pytest.approx(1.0)
+    for row in results["rows"].values():
+        assert row["seeds"] == [0, 1] and len(row["speedup_per_seed"]) == 2
+        assert row["final_mean"] > 0 and row["speedup"][0] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("\n| ") == 5 and "sophiag" in table
+    for figure in ("sweep.png", "val_loss.png", "train_loss.png", "win_clip_rate.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any(name.endswith(".pt") for _, _, files in os.walk(tmp_path) for name in files)
