@@ -23,7 +23,8 @@ For GNB h ≥ 0 always, so the rule is exactly upstream's.
 
 Three code paths compute the same step and are selected per call by keyword flags:
     single-tensor  a readable Python loop, the reference
-    foreach        torch._foreach_* multi-tensor ops (fewer kernel launches, more temporary memory)
+    foreach        torch._foreach_* multi-tensor ops (fewer kernel launches; keeps one scratch buffer per
+                   tensor between steps, as much memory as the parameters)
     fused          one torch.compile'd horizontal kernel over all tensors: reads p, g, m, h once, writes
                    p and m once, and allocates no temporaries
 By default (foreach=None, fused=None) the fused path is used on CPU and CUDA once the parameters are large

@@ -2,7 +2,7 @@
 A fair comparison of AdamW, Lion, Sophia-G and Sophia-H at a scale a 2-core CPU can run, and the paper's
 headline metric: how many steps each optimizer needs to reach tuned AdamW's final validation loss.
 
-    python bench/compare_optimizers.py --out assets/compare   # the full study (README "Results"), ~25 min on 2 cores
+    python bench/compare_optimizers.py --out assets/compare   # the full study (README "Results"), ~15 min on 2 cores
     python bench/compare_optimizers.py --quick          # a minute-long smoke version (used by the tests)
 
 Protocol (every run goes through train.py with config/compare_tiny.py; only the optimizer's own
@@ -45,7 +45,7 @@ STUDY = {
     "lion": ("lion", dict(weight_decay=1.0, beta1=0.9, beta2=0.99),
              [(lr, None) for lr in (1.5e-4, 3e-4, 6e-4, 1.2e-3)]),
     "sophiag": ("sophiag", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
-                [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.05, 0.5)]),
+                [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.01, 0.05, 0.5)]),
     "sophiah": ("sophiah", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
                 [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.1, 1.0, 10.0)]),
 }
@@ -199,7 +199,7 @@ def sweep_figure(sweep, path):
         for r in sweep:
             if r["name"] == name:
                 by_rho.setdefault(r["rho"], []).append((r["lr"], r["final_val"]))
-        for rho, points in by_rho.items():
+        for rho, points in sorted(by_rho.items(), key=lambda item: item[0] or 0):
             points.sort()
             ax.plot(*zip(*points), marker="o", label=name + ("" if rho is None else f" rho={rho:g}"))
     ax.set_xscale("log")

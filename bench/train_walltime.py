@@ -34,7 +34,11 @@ def run_once(script, config, extra, out_dir):
     records = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
     last_train = [r for r in records if r["event"] == "train"][-1]
     last_eval = [r for r in records if r["event"] == "eval"][-1]
-    return wall, last_train["time"], last_eval["val/loss"]
+    cfg = next(r for r in records if r["event"] == "run")["config"]
+    # the Hessian pass: one forward-backward over hess_total_bs sequences every hess_interval steps
+    hessian_share = (cfg["hess_total_bs"] / cfg["total_bs"] / cfg["hess_interval"]
+                     if cfg["optimizer_name"] in ("sophiag", "sophiah") else 0.0)
+    return wall, last_train["time"], last_eval["val/loss"], hessian_share
 
 
 def main():
@@ -55,18 +59,18 @@ def main():
                 results[name].append(run_once(script, config, extra, os.path.join(tmp, f"{name}-{r}")))
                 print(f"repeat {r} {name:16s} wall {results[name][-1][0]:6.2f} s, loop {results[name][-1][1]:6.2f} s,"
                       f" final val loss {results[name][-1][2]:.4f}", flush=True)
-    base_wall = statistics.median(w for w, _, _ in results["adamw"])
-    base_loop = statistics.median(t for _, t, _ in results["adamw"])
+    base_wall = statistics.median(w for w, *_ in results["adamw"])
+    base_loop = statistics.median(t for _, t, *_ in results["adamw"])
     print(f"\ntiny config, 100 iterations, {args.repeats} interleaved repeats (medians)")
     print(f"{'variant':16s} {'wall s':>8s} {'ratio':>7s} {'loop s':>8s} {'ratio':>7s}")
     for name, rows in results.items():
-        wall = statistics.median(w for w, _, _ in rows)
-        loop = statistics.median(t for _, t, _ in rows)
+        wall = statistics.median(w for w, *_ in rows)
+        loop = statistics.median(t for _, t, *_ in rows)
         print(f"{name:16s} {wall:8.2f} {wall / base_wall:7.3f} {loop:8.2f} {loop / base_loop:7.3f}")
     for name in ("sophiag", "sophiag-full-h"):
-        ratio = statistics.median(w for w, _, _ in results[name]) / base_wall
-        print(f"{name}: whole-run wall time / AdamW = {ratio:.3f}x (target <= 1.05x): "
-              f"{'met' if ratio <= 1.05 else 'not met'}")
+        ratio = statistics.median(w for w, *_ in results[name]) / base_wall
+        print(f"{name}: whole-run wall time / AdamW = {ratio:.3f}x; its Hessian pass adds "
+              f"{results[name][0][3]:.1%} to the training forward-backward compute")
 
 
 if __name__ == "__main__":

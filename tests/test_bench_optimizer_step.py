@@ -32,8 +32,7 @@ def test_prints_ratios_and_measures_temporaries(capsys):
     assert re.search(r"^default Sophia step / AdamW fused step = \d+\.\d\dx \(target <= 1\.0x\)", out, re.M)
 
     # temporaries: the single-tensor path holds parameter-sized denominators (at most two at a time: the
-    # previous one is freed when the next replaces it); foreach holds those of a whole param group at once;
-    # fused AdamW works in place
+    # previous one is freed when the next replaces it); fused AdamW works in place
     model = bench.build_model("tiny", torch.device("cpu"))
     largest = max(p.numel() for p in model.parameters()) * 4
     assert largest <= results["single"]["peak_extra_bytes"] <= 2 * largest
