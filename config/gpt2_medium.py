@@ -1,31 +1,14 @@
-# GPT-2 355M on OpenWebText: model, data and schedule, shared by every optimizer's config at this size
+# GPT-2 355M on OpenWebText: the model and micro-batch, shared by every optimizer's config at this size
 # (train_gpt2_medium_*.py), so that runs differ only in the optimizer. The paper's and upstream's settings.
 
-# model: 24 layers, 16 heads, 1024 wide; no biases; vocabulary 50257 padded to 50304
+import os
+exec(open(os.path.join(os.path.dirname(__file__), "gpt2_openwebtext.py")).read())   # data, batch, schedule
+
+# model: 24 layers, 16 heads, 1024 wide
 n_layer = 24
 n_head = 16
 n_embd = 1024
-block_size = 1024
-dropout = 0.0
-bias = False
-scale_attn_by_inverse_layer_idx = True     # as upstream's runs (HF GPT-2 option), for every optimizer
 
-# data: OpenWebText (python data/openwebtext/prepare.py)
-dataset = "openwebtext"
-total_bs = 480                 # sequences per step = 491,520 tokens; Sophia-G's bs is derived from it
-# processes x batch_size x gradient_accumulation_steps must make 480 (accumulation is derived), e.g.
+# processes x batch_size x gradient_accumulation_steps must make total_bs = 480 (accumulation is derived), e.g.
 #   8 GPUs x 6 x 10 (8xA100-40GB) | 8 x 12 x 5 (80GB) | 4 x 6 x 20 | 1 x 6 x 80
 batch_size = 6
-
-# schedule: 100k steps (~49B tokens), 2k warmup, cosine to min_lr = 0.05 x peak (the paper's ratio)
-max_iters = 100000
-lr_decay_iters = 100000
-warmup_iters = 2000
-min_lr = None                  # None -> 0.05 x learning_rate
-grad_clip = 1.0
-
-eval_interval = 1000
-eval_iters = 200
-log_interval = 10
-wandb_log = True
-wandb_project = "sophia"

@@ -433,7 +433,6 @@ def test_tiny_configs_differ_only_in_the_optimizer():
     sophia, _ = load_config(train.TrainConfig, ["config/train_tiny_sophiag.py"])
     adam, _ = load_config(train.TrainConfig, ["config/train_tiny_adam.py"])
     own = {"optimizer_name", "learning_rate", "weight_decay", "beta1", "beta2", "rho", "hess_interval", "hess_total_bs",
-           "out_dir",
-           "wandb_run_name"}
+           "out_dir", "wandb_run_name"}
     differ = {k for k, v in vars(sophia).items() if vars(adam)[k] != v}
     assert differ <= own and {"optimizer_name", "out_dir"} <= differ
