@@ -4,6 +4,8 @@ headline metric: how many steps each optimizer needs to reach tuned AdamW's fina
 
     python bench/compare_optimizers.py --out assets/compare   # the full study (README "Results"), ~15 min on 2 cores
     python bench/compare_optimizers.py --quick          # a minute-long smoke version (used by the tests)
+    python bench/compare_optimizers.py --runs out-gpt2-small-adam out-gpt2-small-sophiag --out cmp
+                                                        # the same report for runs made elsewhere (e.g. GPT-2 on GPUs)
 
 Protocol (every run goes through train.py with config/compare_tiny.py; only the optimizer's own
 hyperparameters differ, and the script asserts it):
@@ -15,6 +17,8 @@ hyperparameters differ, and the script asserts it):
      same in wall time, and the wall-clock per run.
 Runs execute `--jobs` at a time, one CPU thread each. Results go to --out: results.json, results.md
 (the table), sweep.png and, through plot.py, val_loss.png, train_loss.png and win_clip_rate.png.
+With --runs, steps 1-2 are skipped: the given out_dirs (any optimizers, any seeds, an AdamW run among them)
+go through the same fairness checks and report, grouped by optimizer_name.
 """
 
 import argparse
@@ -36,6 +40,9 @@ BASE_CONFIG = "config/compare_tiny.py"
 OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "rho",
                   "hess_interval", "hess_total_bs", "optimizer_impl"}
 RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
+# how a run is executed, not what it computes (batches do not depend on the process layout)
+LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "compile", "backend", "data_dir", "wandb_log",
+               "wandb_project", "log_interval", "always_save_checkpoint", "keep_last", "init_from"}
 
 # name: (optimizer_name, fixed hyperparameters, grid of (learning_rate, rho))
 # (grids bracket each optimizer's best in pilot runs; betas and weight decay are each optimizer's published defaults)
@@ -81,14 +88,23 @@ def train_run(out, data_dir, name, lr, rho, seed, extra):
     for stale in os.listdir(run_dir):   # the comparison needs metrics only; checkpoints just take disk
         if stale.endswith(".pt"):
             os.remove(os.path.join(run_dir, stale))
-    train_rows, eval_rows, info = plot.load_metrics(run_dir)
-    summary = dict(name=name, lr=lr, rho=rho, seed=seed, dir=run_dir, wall_s=wall,
-                   train_s=train_rows[-1]["time"], final_val=eval_rows[-1]["val/loss"],
-                   curve=[(r["iter"], r["val/loss"]) for r in eval_rows],
-                   win_rate=train_rows[-1].get("train/win_rate"), config=info["config"],
-                   init=info.get("init_sha256"), data=info.get("data"))
+    summary = dict(load_run(run_dir), wall_s=wall)
     json.dump(summary, open(os.path.join(run_dir, "summary.json"), "w"))
     return summary
+
+
+def load_run(run_dir):
+    """A finished run's summary from its metrics.jsonl: its settings, val-loss curve and timings."""
+    train_rows, eval_rows, info = plot.load_metrics(run_dir)
+    if not eval_rows or "config" not in info:
+        raise plot.MetricsError(f"{run_dir}: no evaluation or run record in its metrics.jsonl")
+    cfg = info["config"]
+    sophia = cfg["optimizer_name"] in ("sophiag", "sophiah")
+    return dict(name=cfg["optimizer_name"], lr=cfg["learning_rate"], rho=cfg["rho"] if sophia else None,
+                seed=cfg["seed"], dir=run_dir, wall_s=None, train_s=train_rows[-1]["time"],
+                final_val=eval_rows[-1]["val/loss"], curve=[(r["iter"], r["val/loss"]) for r in eval_rows],
+                win_rate=train_rows[-1].get("train/win_rate"), config=cfg, init=info.get("init_sha256"),
+                data=info.get("data"))
 
 
 def run_all(jobs, tasks, out, data_dir, extra):
@@ -108,7 +124,7 @@ def check_fairness(runs):
     """Everything but the optimizer's own hyperparameters (and the seed) must be identical across runs; the
     same seed must give the same initial weights; the schedule shape and token budget must match."""
     def shared(r):
-        return {k: v for k, v in r["config"].items() if k not in OPTIMIZER_KEYS | RUN_KEYS}
+        return {k: v for k, v in r["config"].items() if k not in OPTIMIZER_KEYS | RUN_KEYS | LAYOUT_KEYS}
     reference = shared(runs[0])
     for r in runs:
         differ = {k for k in reference if shared(r).get(k) != reference[k]}
@@ -163,7 +179,7 @@ def analyse(best_runs):
                           final_std=statistics.stdev(finals) if len(finals) > 1 else float("nan"),
                           speedup_per_seed=steps, speedup=mean_ci(steps), wall_speedup=mean_ci(wall),
                           train_s=statistics.mean(r["train_s"] for r in runs),
-                          wall_s=statistics.mean(r["wall_s"] for r in runs),
+                          wall_s=statistics.mean(r["wall_s"] for r in runs) if runs[0]["wall_s"] else None,
                           win_rate=statistics.mean(r["win_rate"] for r in runs) if runs[0]["win_rate"] is not None
                           else None)
     return rows
@@ -171,9 +187,9 @@ def analyse(best_runs):
 
 def markdown(rows, cfg):
     tokens = cfg["max_iters"] * cfg["total_bs"] * cfg["block_size"]
-    lines = [f"Tiny GPT ({cfg['n_layer']} layers, {cfg['n_embd']} wide, block {cfg['block_size']}) on the stdlib "
-             f"corpus, {cfg['max_iters']} steps x {cfg['total_bs']} sequences = {tokens:,} tokens per run; "
-             f"seeds {rows['adamw']['seeds']} at each optimizer's best setting. Speed-up: steps AdamW needs / steps "
+    lines = [f"GPT ({cfg['n_layer']} layers, {cfg['n_embd']} wide, block {cfg['block_size']}) on {cfg['dataset']}, "
+             f"{cfg['max_iters']} steps x {cfg['total_bs']} sequences = {tokens:,} tokens per run; "
+             f"seeds {rows['adamw']['seeds']}. Speed-up: steps AdamW needs / steps "
              f"this optimizer needs to reach the loss both reach (> 1: faster than AdamW), paired by seed.",
              "",
              "| optimizer | best lr | ρ | final val loss (mean ± std) | speed-up in steps, per seed "
@@ -183,9 +199,10 @@ def markdown(rows, cfg):
         per_seed = ", ".join(f"{x:.2f}" for x in r["speedup_per_seed"])
         rho = "" if r["rho"] is None else f"{r['rho']:g}"
         win = "" if r["win_rate"] is None else f"{r['win_rate']:.3f}"
+        wall = "" if r["wall_s"] is None else f"{r['wall_s']:.1f}"
         lines.append(f"| {name} | {r['lr']:g} | {rho} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {per_seed} "
                      f"| {r['speedup'][0]:.2f}x ± {r['speedup'][1]:.2f} | {r['wall_speedup'][0]:.2f}x "
-                     f"± {r['wall_speedup'][1]:.2f} | {win} | {r['train_s']:.1f} | {r['wall_s']:.1f} |")
+                     f"± {r['wall_speedup'][1]:.2f} | {win} | {r['train_s']:.1f} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,17 +230,9 @@ def sweep_figure(sweep, path):
     return path
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "compare"))
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (1 thread each)")
-    parser.add_argument("--quick", action="store_true", help="tiny budget, 2 settings per optimizer, 2 seeds")
-    parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
-    args = parser.parse_args()
-    out = os.path.abspath(args.out)
-    if args.fresh:
-        shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
+def study(args, out):
+    """Steps 1-2: the sweep at the first seed, then the best settings at the other seeds.
+    Returns (every run, {name: [best setting's runs by seed]}, the sweep)."""
     data_dir = os.path.join(out, "data")
     if not os.path.exists(os.path.join(data_dir, "train.bin")):
         subprocess.run([sys.executable, "data/stdlib/prepare.py", f"--out_dir={data_dir}"], cwd=ROOT, check=True)
@@ -233,35 +242,77 @@ def main():
         grids, seeds = QUICK["grids"], QUICK["seeds"]
         extra = [f"--max_iters={QUICK['max_iters']}", f"--lr_decay_iters={QUICK['max_iters']}",
                  f"--eval_interval={QUICK['eval_interval']}", "--warmup_iters=5"]
-    t0 = time.perf_counter()
     print(f"sweep: {sum(map(len, grids.values()))} runs, seed {seeds[0]}")
     sweep = run_all(args.jobs, [(name, lr, rho, seeds[0]) for name, grid in grids.items() for lr, rho in grid],
                     out, data_dir, extra)
     best = {name: min((r for r in sweep if r["name"] == name), key=lambda r: r["final_val"]) for name in grids}
-    print(f"seeds: best settings x seeds {list(seeds[1:])}")
-    more = run_all(args.jobs, [(name, b["lr"], b["rho"], seed) for name, b in best.items() for seed in seeds[1:]],
-                   out, data_dir, extra)
-    best_runs = {name: sorted([best[name]] + [r for r in more if r["name"] == name], key=lambda r: r["seed"])
-                 for name in grids}
-    cfg = check_fairness(sweep + more)
-    rows = analyse(best_runs)
     for name, grid in grids.items():
         for i, key in enumerate(("lr", "rho")):
             values = sorted({setting[i] for setting in grid if setting[i] is not None})
             if len(values) > 1 and best[name][key] in (values[0], values[-1]):
                 print(f"note: {name}'s best {key} {best[name][key]:g} is at the edge of its grid {values}")
+    print(f"seeds: best settings x seeds {list(seeds[1:])}")
+    more = run_all(args.jobs, [(name, b["lr"], b["rho"], seed) for name, b in best.items() for seed in seeds[1:]],
+                   out, data_dir, extra)
+    best_runs = {name: sorted([best[name]] + [r for r in more if r["name"] == name], key=lambda r: r["seed"])
+                 for name in grids}
+    return sweep + more, best_runs, sweep
+
+
+def given_runs(run_dirs):
+    """--runs: finished runs grouped by optimizer, each group sorted by seed."""
+    runs = [load_run(d) for d in run_dirs]
+    best_runs = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        best_runs.setdefault(r["name"], []).append(r)
+    if "adamw" not in best_runs:
+        raise plot.MetricsError("--runs needs an AdamW run (optimizer_name=adamw) to compare against")
+    adamw_seeds = {r["seed"] for r in best_runs["adamw"]}
+    for name, group in best_runs.items():
+        if len({r["seed"] for r in group}) < len(group):
+            raise plot.MetricsError(f"--runs: two {name} runs share a seed; give one setting per optimizer")
+        unpaired = sorted({r["seed"] for r in group} - adamw_seeds)
+        if unpaired:
+            raise plot.MetricsError(f"--runs: {name} has seeds {unpaired} with no AdamW run of the same seed "
+                                    f"to pair with (AdamW seeds: {sorted(adamw_seeds)})")
+    return runs, {"adamw": best_runs.pop("adamw"), **best_runs}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "compare"))
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (1 thread each)")
+    parser.add_argument("--quick", action="store_true", help="tiny budget, 2 settings per optimizer, 2 seeds")
+    parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
+    parser.add_argument("--runs", nargs="+", metavar="OUT_DIR", help="report on these finished runs instead")
+    args = parser.parse_args()
+    out = os.path.abspath(args.out)
+    t0 = time.perf_counter()
+    try:
+        if args.runs:
+            runs, best_runs = given_runs(args.runs)
+            sweep = []
+        else:
+            if args.fresh:
+                shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+            os.makedirs(out, exist_ok=True)
+            runs, best_runs, sweep = study(args, out)
+        cfg = check_fairness(runs)
+    except (plot.MetricsError, AssertionError) as err:
+        sys.exit(f"error: {err}")
+    rows = analyse(best_runs)
     table = markdown(rows, cfg)
-    figures = [sweep_figure(sweep, os.path.join(out, "sweep.png"))]
-    figures += plot.plot_runs([runs[0]["dir"] for runs in best_runs.values()], out,
-                              labels=[f"{name} lr={runs[0]['lr']:g}" + (f" rho={runs[0]['rho']:g}" if runs[0]['rho']
-                                                                         is not None else "")
-                                      for name, runs in best_runs.items()])
+    os.makedirs(out, exist_ok=True)
+    figures = [sweep_figure(sweep, os.path.join(out, "sweep.png"))] if sweep else []
+    figures += plot.plot_runs([group[0]["dir"] for group in best_runs.values()], out,
+                              labels=[f"{name} lr={group[0]['lr']:g}" + ("" if group[0]["rho"] is None
+                                                                         else f" rho={group[0]['rho']:g}")
+                                      for name, group in best_runs.items()])
     open(os.path.join(out, "results.md"), "w").write(table)
-    json.dump(dict(rows=rows, sweep=[{k: v for k, v in r.items() if k != "config"} for r in sweep],
-                   seeds=[{k: v for k, v in r.items() if k != "config"} for r in more], shared_config=cfg),
-              open(os.path.join(out, "results.json"), "w"), indent=1)
+    json.dump(dict(rows=rows, runs=[{k: v for k, v in r.items() if k != "config"} for r in runs],
+                   shared_config=cfg), open(os.path.join(out, "results.json"), "w"), indent=1)
     print("\n" + table)
-    print(f"fairness checks passed: {len(sweep) + len(more)} runs share data, init per seed, model, schedule "
+    print(f"fairness checks passed: {len(runs)} runs share data, init per seed, model, schedule "
           f"shape, clipping, precision and token budget")
     print(f"figures: {', '.join(os.path.relpath(f, ROOT) for f in figures)}")
     print(f"total wall time {time.perf_counter() - t0:.0f} s")

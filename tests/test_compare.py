@@ -74,3 +74,18 @@ def test_quick_study_end_to_end(tmp_path):
     for figure in ("sweep.png", "val_loss.png", "train_loss.png", "win_clip_rate.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(name.endswith(".pt") for _, _, files in os.walk(tmp_path) for name in files)
+
+    # --runs: the same report from finished out_dirs, as for runs made elsewhere
+    rows = results["rows"]
+    best = [r for r in results["runs"] if r["name"] in ("adamw", "sophiag")
+            and (r["lr"], r["rho"]) == (rows[r["name"]]["lr"], rows[r["name"]]["rho"])]
+    again = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={tmp_path / 'again'}", "--runs",
+                            *[r["dir"] for r in best]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    reported = json.loads((tmp_path / "again" / "results.json").read_text())["rows"]
+    assert list(reported) == ["adamw", "sophiag"]
+    assert reported["sophiag"]["speedup_per_seed"] == rows["sophiag"]["speedup_per_seed"]
+    alone = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={tmp_path / 'alone'}", "--runs",
+                            *[r["dir"] for r in best if r["name"] == "sophiag"]],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 1 and "needs an AdamW run" in alone.stderr and "Traceback" not in alone.stderr
