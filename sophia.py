@@ -31,6 +31,10 @@ By default (foreach=None, fused=None) the fused path is used on CPU and CUDA onc
 enough to repay its one-time compilation (FUSED_MIN_NUMEL elements); otherwise foreach. If compilation
 fails (e.g. no C++ compiler), the default falls back to foreach with a warning.
 
+Distributed: under DDP every process holds the same gradients and takes the same step. DTensor parameters
+(FSDP2's fully_shard, tensor parallel) are updated shard by shard, as the rule is elementwise; stats() then
+sums over all shards, so every process must call it.
+
 Mixed precision: for bf16/fp16 parameters exp_avg and hessian are kept in fp32 (fp32_state=True), because a
 bf16 EMA with β2 = 0.99 stalls: (1 − β2)·ĥ falls below half an ulp of h and the update rounds away.
 The step is computed in fp32 and written back to the parameter in its own dtype.
@@ -45,6 +49,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch.optim import Optimizer
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:          # a torch build without distributed support
+    DTensor = ()
 
 EPS = 1e-15                  # added to the clipping denominator, as upstream (not the paper's max(·, 1e-12))
 FUSED_MIN_NUMEL = 1 << 22    # ~4M parameters: below this the fused path's compile time is not repaid
@@ -148,11 +157,12 @@ class SophiaG(Optimizer):
             batch.update(lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
                          weight_decay=group["weight_decay"], bs=bs, maximize=group["maximize"])
             path = self._choose_path(group)
+            if path == "foreach":
+                batch["scratch"] = self._scratch(batch["exp_avgs"])
+            batch = _local_shards(batch)
             if path == "fused":
                 fused.append((group, batch))
             else:
-                if path == "foreach":
-                    batch["scratch"] = self._scratch(batch["exp_avgs"])
                 sophia_step(**batch, path=path)
         if fused:
             try:  # one horizontal kernel for all fused groups
@@ -219,8 +229,8 @@ class SophiaG(Optimizer):
                 index += 1
                 if value is None:
                     continue
-                hessians.append(_real(self._init_state(p, group)["hessian"]))
-                value = _real(value.detach()).to(hessians[-1].dtype)
+                hessians.append(_real(_local(self._init_state(p, group)["hessian"])))
+                value = _real(_local(value.detach())).to(hessians[-1].dtype)
                 # a curvature estimate of the maximized objective L is one of −L, the function minimized
                 values.append(-value if estimates is not None and group["maximize"] else value)
             if hessians:
@@ -234,7 +244,8 @@ class SophiaG(Optimizer):
             hessian_norm   ‖h‖₁ over all parameters (without the bs factor, as upstream logs it)
             hessian_norm2  ‖h‖₂
             momentum_norm  ‖m‖₂
-        Cheap enough for every Hessian refresh: one pass over m and h."""
+        Cheap enough for every Hessian refresh: one pass over m and h. With DTensor (e.g. FSDP2) parameters
+        the sums cover every shard, so every process must call it (four small all-reduces)."""
         bs = self.default_bs if bs is None else bs
         l1, l2sq, m2sq, wins, count = [], [], [], [], 0
         for group in self.param_groups:
@@ -254,8 +265,9 @@ class SophiaG(Optimizer):
             return dict(win_rate=zero, hessian_norm=zero, hessian_norm2=zero, momentum_norm=zero)
         device = l1[0].device
         stack = lambda xs: torch.stack([x.to(device) for x in xs]).sum()  # noqa: E731
-        return dict(win_rate=stack(wins).float() / count, hessian_norm=stack(l1),
-                    hessian_norm2=stack(l2sq).sqrt(), momentum_norm=stack(m2sq).sqrt())
+        wins, l1, l2sq, m2sq = (_full(stack(xs)) for xs in (wins, l1, l2sq, m2sq))
+        return dict(win_rate=wins.float() / count, hessian_norm=l1, hessian_norm2=l2sq.sqrt(),
+                    momentum_norm=m2sq.sqrt())
 
 
 class SophiaH(SophiaG):
@@ -376,12 +388,20 @@ def sophia_step(params, grads, exp_avgs, hessians, steps, *, path, lr, beta1, rh
     _foreach_sophia(**_real_views(dict(batch, scratch=scratch)))
 
 
+def _map_tensor_lists(batch, fn):
+    return {k: [fn(t) for t in v] if k in ("params", "grads", "exp_avgs", "hessians", "scratch") and v else v
+            for k, v in batch.items()}
+
+
 def _real_views(batch):
     # complex tensors are updated through their real views (16-bit params are upcast inside each path)
-    if not any(p.is_complex() for p in batch["params"]):
-        return batch
-    return {k: [_real(t) for t in v] if k in ("params", "grads", "exp_avgs", "hessians", "scratch") and v else v
-            for k, v in batch.items()}
+    return _map_tensor_lists(batch, _real) if any(p.is_complex() for p in batch["params"]) else batch
+
+
+def _local_shards(batch):
+    # DTensor parameters (FSDP2, tensor parallel) are updated shard by shard: the step is elementwise, so each
+    # process updates the shard it holds, as plain tensors, on any of the three paths
+    return _map_tensor_lists(batch, _local) if any(isinstance(p, DTensor) for p in batch["params"]) else batch
 
 
 def _single_tensor_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho, weight_decay, bs,
@@ -511,6 +531,14 @@ def hessian_ema(hessians, values, *, beta2, square, foreach=True):
 
 def _real(t):
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _local(t):
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _full(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _state_dtype(p, group):

@@ -3,6 +3,9 @@ import copy
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -625,3 +628,17 @@ def test_fused_default_falls_back_to_foreach_when_compilation_fails(monkeypatch)
     explicit = SophiaG(make_params(), fused=True)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         run_schedule(explicit, [p for g in explicit.param_groups for p in g["params"]], steps=1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# distributed
+
+def test_fsdp2_sharded_parameters_match_unsharded():
+    """DTensor parameters (FSDP2, 2 processes, gloo): every path updates each shard exactly as the unsharded
+    step would, with uneven shards and two param groups, and stats() sums over all shards."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "tests/fsdp_sophia_worker.py"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "all paths match the unsharded model" in proc.stdout
