@@ -10,7 +10,8 @@ Everything except the optimizer is shared, so comparisons are fair by constructi
 precision and token budget. One iteration:
 
     global batch of total_bs sequences -> micro-batches over ranks and gradient-accumulation steps
-    -> mean loss (DDP all-reduces gradients on the last micro-step only) -> clip the global grad norm
+    -> mean loss (DDP all-reduces / FSDP reduce-scatters gradients on the last micro-step only)
+    -> clip the global grad norm
     -> optimizer.step(bs = total_bs * block_size tokens for Sophia-G)
     -> Sophia, at iterations ≡ hess_interval - 1: a Hessian pass on a fresh batch, then update_hessian()
 
@@ -19,6 +20,7 @@ with wandb_log=True, a wandb run that a resumed run continues.
 """
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -36,6 +38,8 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
@@ -44,6 +48,7 @@ from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler,
 from lion import Lion
 from model import GPT, GPTConfig
 from sophia import SophiaG, SophiaH, gnb_loss, hutchinson_estimate
+from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
 
 # Per-optimizer defaults for the keys left at None; GPT-2 small values from the Sophia paper / upstream
 # configs. Sophia-H's rho is the paper's γ for Hutchinson; Lion's weight decay is 10x AdamW's because its
@@ -112,6 +117,8 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool | None = None             # None: torch.compile on CUDA only
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
+    fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
+                                            # over the processes (FSDP2) instead of replicating them (DDP)
     seed: int = 1337
 
 
@@ -165,6 +172,12 @@ def resolve(cfg, world_size):
                         f"{cfg.batch_size} x {world_size} process(es) = "
                         f"{cfg.gradient_accumulation_steps * per_step} sequences, but total_bs={cfg.total_bs}; "
                         f"use --gradient_accumulation_steps={grad_accum} or leave it unset (derived)")
+    if cfg.fsdp and cfg.optimizer_name == "sophiah":
+        raise UserError("optimizer_name='sophiah' cannot run with fsdp=True: its Hessian-vector product needs a "
+                        "double backward, which FSDP's gradient hooks do not support; use DDP (--fsdp=False)")
+    if cfg.fsdp and cfg.dtype == "float16":
+        raise UserError("fsdp=True does not support dtype='float16' (its loss scaler would skip steps on some "
+                        "shards only); use --dtype=bfloat16 or float32")
     if cfg.optimizer_name.startswith("sophia") and cfg.hess_total_bs > cfg.batch_size and \
             cfg.hess_total_bs % cfg.batch_size:
         raise UserError(f"hess_total_bs={cfg.hess_total_bs} must be at most batch_size={cfg.batch_size} or a "
@@ -273,11 +286,18 @@ class StopRequest:
 
 def main(argv=None, defaults=None):
     """Parse the configuration (defaults < config files < --key=value), then train."""
-    trainer = make_trainer(sys.argv[1:] if argv is None else argv, defaults)
+    trainer = None
     try:
+        trainer = make_trainer(sys.argv[1:] if argv is None else argv, defaults)
         trainer.train()
+        if trainer.run.ddp:
+            dist.barrier()     # leave together: rank 0 may still be writing the last checkpoint
     finally:
-        if trainer.run.ddp and dist.is_initialized():
+        # the DDP / FSDP modules hold the process group: release them first, so that it is torn down now and
+        # not during interpreter shutdown (where gloo's threads can abort the process)
+        trainer = None
+        gc.collect()
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -318,24 +338,32 @@ class Trainer:
         except ValueError as err:
             raise UserError(str(err)) from None
         torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
-        self.optimizer = build_optimizer(cfg, self.raw_model)
-        self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
         # counters saved in checkpoints, so a resumed run logs exactly what a straight run logs
         self.state = dict(iter_num=0, best_val_loss=float("inf"), clipped_steps=0, skipped_steps=0,
                           train_time=0.0, wandb_run_id=None, diagnostics={})
         self.resumed_from = None
-        if cfg.init_from == "resume":
-            self._resume()
-        # the model to run forward/backward through: compiled, then wrapped in DDP; checkpoints hold raw_model
-        self.compiled = torch.compile(self.raw_model) if cfg.compile else self.raw_model
-        self.model = self.compiled
-        if run.ddp:
-            self.model = DDP(self.compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+        ckpt = self._load_checkpoint() if cfg.init_from == "resume" else None   # loads the weights
+        # the model to run forward/backward through. DDP: raw_model compiled, then wrapped. FSDP: raw_model
+        # itself, its blocks compiled and every parameter sharded in place. Checkpoints hold raw_model, unsharded.
+        self.fsdp = cfg.fsdp and run.ddp
+        if self.fsdp:
+            self._shard_model()
+            self.compiled = self.model = self.raw_model
+        else:
+            self.compiled = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+            self.model = self.compiled
+            if run.ddp:
+                self.model = DDP(self.compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+        self.optimizer = build_optimizer(cfg, self.raw_model)
+        self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
+        if ckpt is not None:
+            self._restore(ckpt)
         self.stop = StopRequest()
         self.wandb = None
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
-                  f"{run.world} process(es) x {cfg.batch_size} sequences x {grad_accum} accumulation steps = "
+                  f"{run.world} process(es){' (FSDP)' if self.fsdp else ''} x {cfg.batch_size} sequences x "
+                  f"{grad_accum} accumulation steps = "
                   f"{cfg.total_bs} sequences = {self.tokens_per_iter:,} tokens per iteration; device "
                   f"{run.device}, {cfg.dtype}, compile={cfg.compile}")
 
@@ -361,7 +389,8 @@ class Trainer:
         if cfg.init_from == "scratch" and os.path.exists(metrics):
             os.replace(metrics, os.path.join(cfg.out_dir, "metrics.old.jsonl"))   # a run that never checkpointed
 
-    def _resume(self):
+    def _load_checkpoint(self):
+        """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding)."""
         ckpt, path = checkpoint.load_latest(self.cfg.out_dir)
         saved_args = ckpt["model_args"]
         differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in self.model_args.items()
@@ -373,13 +402,54 @@ class Trainer:
             raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
                             f"{ckpt['config']['optimizer_name']!r}, not {self.cfg.optimizer_name!r}")
         self.raw_model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt["path"] = path
+        return ckpt
+
+    def _restore(self, ckpt):
+        """Optimizer, scaler, counters and RNG states from the checkpoint."""
+        self.optimizer.load_state_dict(self._shard_optimizer_state(ckpt["optimizer"]) if self.fsdp
+                                       else ckpt["optimizer"])
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state.update(ckpt["state"])
         self._set_rng_state(ckpt["rng"])
         self.resumed_from = self.state["iter_num"]
-        self.run.print(f"resuming from {path} at iteration {self.resumed_from}")
+        self.run.print(f"resuming from {ckpt['path']} at iteration {self.resumed_from}")
+
+    def _shard_model(self):
+        """FSDP2: each transformer block is one all-gather / reduce-scatter unit; the root holds the rest (the
+        tied embedding, the final norm). torch.compile goes per block, before sharding, so that FSDP's
+        collectives stay outside the compiled graphs."""
+        blocks = self.raw_model.transformer.h
+        for block in blocks:
+            if self.cfg.compile:
+                block.compile()
+            fully_shard(block)
+        fully_shard(self.raw_model)
+
+    def _shard_optimizer_state(self, saved):
+        """Checkpoints hold full tensors; under FSDP each rank keeps its own shard of every state tensor shaped
+        like its parameter (every rank read the whole file, so each just slices its part: no communication)."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
+        state = {}
+        for index, param_state in saved["state"].items():
+            p = params[saved_ids.index(index)]
+            state[index] = {key: distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                            if isinstance(p, DTensor) and value.shape == p.shape else value
+                            for key, value in param_state.items()}
+        return {**saved, "state": state}
+
+    def _full_state_dicts(self):
+        """(model, optimizer) state dicts with full tensors: FSDP shards are gathered, on every rank (collectives,
+        in the same order everywhere). The tied embedding is gathered once and saved as one tensor."""
+        params = dict(self.raw_model.named_parameters(remove_duplicate=False))    # both names of a tied weight
+        full_params = {id(p): full_tensor(p.detach()) for p in self.raw_model.parameters()}   # each weight once
+        model = {k: full_params[id(params[k])] if k in params else full_tensor(v)
+                 for k, v in self.raw_model.state_dict().items()}
+        optimizer = self.optimizer.state_dict()
+        optimizer["state"] = {i: {k: full_tensor(v) for k, v in s.items()} for i, s in optimizer["state"].items()}
+        return model, optimizer
 
     def _rng_state(self):
         """This rank's RNG states (only dropout draws from them: data and sampling use derived seeds)."""
@@ -402,9 +472,23 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- steps
 
     def _sync_grads(self, on):
-        """DDP all-reduces gradients only on the last micro-step; earlier ones just accumulate."""
-        if self.run.ddp:
+        """DDP all-reduces (FSDP reduce-scatters) gradients only on the last micro-step; earlier ones accumulate."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(on)
+        elif self.run.ddp:
             self.model.require_backward_grad_sync = on
+
+    def _in_lockstep(self, batches, count, size):
+        """FSDP all-gathers weights in every forward, so every rank must run as many as the others: when `count`
+        rows in micro-batches of `size` do not split evenly over ranks, pad this rank's list with None, a pass
+        on dummy tokens whose result is dropped."""
+        if not self.fsdp:
+            return batches
+        rounds = math.ceil(math.ceil(count / size) / self.run.world)
+        return batches + [None] * (rounds - len(batches))
+
+    def _dummy_batch(self, size):
+        return torch.zeros((size, self.cfg.block_size), dtype=torch.long, device=self.run.device)
 
     def train_step(self, iter_num):
         """Forward/backward over this rank's micro-batches. Returns (mean loss over the global batch,
@@ -424,7 +508,7 @@ class Trainer:
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         loss_mean = self.run.all_mean(loss_sum / len(batches))
-        loss_value, norm_value = torch.stack([loss_mean, grad_norm.float()]).tolist()   # the step's one sync
+        loss_value, norm_value = torch.stack([loss_mean, full_tensor(grad_norm).float()]).tolist()  # one sync
         return loss_value, norm_value
 
     def hessian_refresh(self, iter_num):
@@ -433,8 +517,8 @@ class Trainer:
         gradient (as upstream), then h <- β2 h + (1 - β2) ĝ⊙ĝ. Sophia-H: the Hutchinson estimate u⊙(∇²L u)
         with one probe u per refresh, averaged over micro-batches and ranks.
         The Hessian batch is cut into micro-batches of min(batch_size, hess_total_bs) rows whatever the world
-        size (a rank may get none), labels are seeded per global row and the probe per iteration: the
-        estimate is the same on 1 or N processes, up to the order of floating-point sums."""
+        size (a rank may get none; under FSDP it joins with dummy passes), labels are seeded per global row and
+        the probe per iteration: the estimate is the same on 1 or N processes, up to the order of float sums."""
         cfg, run = self.cfg, self.run
         size = min(cfg.batch_size, cfg.hess_total_bs)
         batches = self.sampler.micro_batches(cfg.seed, HESSIAN, iter_num, cfg.hess_total_bs, batch_size=size)
@@ -447,20 +531,32 @@ class Trainer:
             scale = math.sqrt(cfg.hess_total_bs / cfg.total_bs) / n_micro
             if self.scaler.is_enabled():
                 scale *= self.scaler.get_scale()
-            for first_row, x, _ in batches:
-                generators = [torch.Generator(device=run.device).manual_seed(seed(first_row + r))
-                              for r in range(len(x))]
+            batches = self._in_lockstep(batches, cfg.hess_total_bs, size)
+            for micro, batch in enumerate(batches):
+                if self.fsdp:
+                    self._sync_grads(micro == len(batches) - 1)
+                if batch is None:           # FSDP padding: join the collectives, add nothing
+                    x, weight, generators = self._dummy_batch(size), 0.0, torch.Generator(run.device)
+                else:
+                    first_row, x, _ = batch
+                    weight = scale
+                    generators = [torch.Generator(device=run.device).manual_seed(seed(first_row + r))
+                                  for r in range(len(x))]
                 with run.autocast:
-                    logits, _ = self.compiled(x)             # not through DDP: the sum over ranks is below
-                (gnb_loss(logits, generator=generators) * scale).backward()
-            grads = self._all_reduce_sum([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+                    logits, _ = self.compiled(x)      # not through DDP: the sum over ranks is below (FSDP: through it)
+                (gnb_loss(logits, generator=generators) * weight).backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            if self.fsdp:      # FSDP averaged the shards' gradients over ranks; the estimate is their sum
+                torch._foreach_mul_(grads, float(run.world))
+            else:
+                grads = self._all_reduce_sum(grads)
             if self.scaler.is_enabled():
                 torch._foreach_div_(grads, self.scaler.get_scale())
             for p, g in zip(params, grads):
                 p.grad = g
             norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
                     else torch.nn.utils.get_total_norm(grads))
-            if math.isfinite(norm.item()):
+            if math.isfinite(full_tensor(norm).item()):
                 self.optimizer.update_hessian()
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -490,17 +586,20 @@ class Trainer:
         self.model.eval()
         out = {}
         for split, stream in (("train", EVAL_TRAIN), ("val", EVAL_VAL)):
-            total = torch.zeros(2, device=self.run.device)
-            batches = self.sampler.micro_batches(EVAL_SEED, stream, 0, self.cfg.eval_iters * self.cfg.batch_size,
-                                                 split)
-            for _, x, y in batches:
+            total, count = torch.zeros(2, device=self.run.device), self.cfg.eval_iters * self.cfg.batch_size
+            batches = self.sampler.micro_batches(EVAL_SEED, stream, 0, count, split)
+            for batch in self._in_lockstep(batches, count, self.cfg.batch_size):
+                x, y = (self._dummy_batch(self.cfg.batch_size),) * 2 if batch is None else batch[1:]
                 with self.run.autocast:
                     _, loss = self.compiled(x, y)
-                total += torch.stack([loss.float(), torch.ones((), device=self.run.device)])
+                if batch is not None:
+                    total += torch.stack([loss.float(), torch.ones((), device=self.run.device)])
             if self.run.ddp:
                 dist.all_reduce(total)
             out[split] = (total[0] / total[1]).item()
         self.model.train()
+        if self.fsdp:   # FSDP keeps the root's weights gathered after a forward without backward; free them
+            self.raw_model.reshard()
         return out
 
     def hessian_stats(self):
@@ -512,9 +611,16 @@ class Trainer:
     def norms(self):
         """L2 norms of the parameters and of the momentum (exp_avg in every optimizer here), on the device."""
         moments = [s["exp_avg"] for s in self.optimizer.state.values() if "exp_avg" in s]
-        norm = lambda ts: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts))) if ts else torch.zeros(())  # noqa: E731
-        values = torch.stack([norm(list(self.raw_model.parameters())), norm(moments).to(self.run.device)])
-        return dict(zip(("param_norm", "momentum_norm"), values.tolist()))
+        params = list(self.raw_model.parameters())
+
+        def squared_norm(tensors):    # of this rank's tensors (FSDP: its shards, summed over ranks below)
+            if not tensors:
+                return torch.zeros((), device=self.run.device)
+            return torch.stack(torch._foreach_norm([local_tensor(t) for t in tensors])).square().sum()
+        values = torch.stack([squared_norm(params), squared_norm(moments).to(self.run.device)])
+        if self.fsdp:
+            dist.all_reduce(values)
+        return dict(zip(("param_norm", "momentum_norm"), values.sqrt().tolist()))
 
     # ---------------------------------------------------------------------------------------- output
 
@@ -544,28 +650,28 @@ class Trainer:
         fingerprint = dict(data=dict(dir=os.path.abspath(self.dataset.data_dir), **self.dataset.lengths))
         if self.resumed_from is None:
             digest = hashlib.sha256()
-            for tensor in self.raw_model.state_dict().values():
-                digest.update(tensor.detach().cpu().numpy().tobytes())
+            for tensor in self.raw_model.state_dict().values():     # FSDP: gathered on every rank
+                digest.update(full_tensor(tensor).detach().cpu().numpy().tobytes())
             fingerprint["init_sha256"] = digest.hexdigest()[:16]
         self.log("run", self.state["iter_num"], dict(name=cfg.wandb_run_name, config=config,
                                                       resumed_from=self.resumed_from, world_size=self.run.world,
                                                       code=self.code, **fingerprint))
 
     def save_checkpoint(self, is_best):
-        """All ranks call this (RNG states are gathered); the master writes."""
+        """All ranks call this (RNG states and FSDP shards are gathered); the master writes."""
         run = self.run
         rng = [None] * run.world
         if run.ddp:
             dist.all_gather_object(rng, self._rng_state())
         else:
             rng = [self._rng_state()]
+        model, optimizer = self._full_state_dicts()
         if not run.master:
             return
-        if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+        if not all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point()):
             run.print("not saving a checkpoint: the model has non-finite weights (the previous one is kept)")
             return
-        ckpt = dict(format=checkpoint.FORMAT, model=self.raw_model.state_dict(),
-                    optimizer=self.optimizer.state_dict(), model_args=self.model_args,
+        ckpt = dict(format=checkpoint.FORMAT, model=model, optimizer=optimizer, model_args=self.model_args,
                     iter_num=self.state["iter_num"], state=dict(self.state), rng=rng,
                     sampler=dict(scheme="global-batch = f(seed, stream, iteration)", seed=self.cfg.seed,
                                  next_iteration=self.state["iter_num"]),

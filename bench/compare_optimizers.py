@@ -41,7 +41,7 @@ OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "
                   "hess_interval", "hess_total_bs", "optimizer_impl"}
 RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 # how a run is executed, not what it computes (batches do not depend on the process layout)
-LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "compile", "backend", "data_dir", "wandb_log",
+LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "compile", "backend", "fsdp", "data_dir", "wandb_log",
                "wandb_project", "log_interval", "always_save_checkpoint", "keep_last", "init_from"}
 
 # name: (optimizer_name, fixed hyperparameters, grid of (learning_rate, rho))

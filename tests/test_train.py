@@ -105,6 +105,40 @@ def test_two_processes_reproduce_one(data_dir, straight_run, tmp_path):
     assert max_rel_diff(a, b, range(9, 100), "train/win_rate") <= 1e-4
 
 
+def test_fsdp_reproduces_one_process(data_dir, straight_run, tmp_path):
+    """FSDP2 shards parameters, gradients and optimizer state over 2 ranks, yet takes the steps of 1 process (the
+    rank without a Hessian micro-batch joins with a dummy pass). Not bit for bit: norms of sharded tensors sum
+    in another order, and Sophia's sign-and-clip step amplifies such rounding over tens of steps, exactly as a
+    1-process run on 2 threads does (both drift ~1e-3 by iteration 50). Its checkpoint is the same full,
+    unsharded one as 1 process writes, with the tied embedding saved once."""
+    tiny(data_dir, tmp_path, "--fsdp=True", nproc=2)
+    a, b = events(straight_run[0]), events(tmp_path)
+    assert max_rel_diff(a, b, range(25)) <= 1e-4
+    assert max_rel_diff(a, b, range(9, 25), "train/win_rate") <= 1e-4
+    assert max_rel_diff(events(straight_run[0], "eval"), events(tmp_path, "eval"), [50, 100], "val/loss") <= 1e-2
+    one, sharded = (checkpoint.load(str(out / "ckpt.pt")) for out in (straight_run[0], tmp_path))
+    shapes = lambda sd: {k: v.shape for k, v in sd.items()}  # noqa: E731
+    assert shapes(sharded["model"]) == shapes(one["model"])
+    assert sharded["optimizer"]["param_groups"] == one["optimizer"]["param_groups"]
+    assert [shapes(s) for s in sharded["optimizer"]["state"].values()] == \
+        [shapes(s) for s in one["optimizer"]["state"].values()]
+    model = sharded["model"]
+    assert model["lm_head.weight"].data_ptr() == model["transformer.wte.weight"].data_ptr()
+
+
+def test_fsdp_resume_across_world_sizes(data_dir, straight_run, tmp_path):
+    """1 process -> FSDP on 2 (each rank takes its shard of the saved optimizer state) -> 1 process. An odd
+    eval_iters leaves one rank a micro-batch short in each evaluation: it must not change the val loss."""
+    tiny(data_dir, tmp_path, "--max_iters=10")
+    evals = ["--eval_iters=5", "--eval_interval=10"]
+    tiny(data_dir, tmp_path, "--max_iters=20", "--init_from=resume", "--fsdp=True", *evals, nproc=2)
+    tiny(data_dir, tmp_path, "--max_iters=24", "--init_from=resume", *evals)
+    assert max_rel_diff(events(straight_run[0]), events(tmp_path), range(24)) <= 1e-4
+    at_20 = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    at_20 = [r["val/loss"] for r in at_20 if r["event"] == "eval" and r["iter"] == 20]   # FSDP's, then 1 process's
+    assert len(at_20) == 2 and at_20[0] == pytest.approx(at_20[1], rel=1e-5)
+
+
 def test_wandb_offline_summary(data_dir, tmp_path):
     env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     tiny(data_dir, tmp_path, "--max_iters=20", "--eval_interval=10", "--wandb_log=True", env=env)
@@ -152,6 +186,18 @@ def test_other_optimizers_train_through_the_same_loop(data_dir, tmp_path, optimi
     assert ("train/win_rate" in rows[19]) == (optimizer == "sophiah")
     if optimizer == "sophiah":
         assert 0 < rows[19]["train/win_rate"] <= 1 and rows[19]["hessian_norm"] > 0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
+def test_fsdp_with_other_optimizers(data_dir, tmp_path, optimizer):
+    """torch's fused AdamW and our Lion on FSDP-sharded parameters, resumed halfway: the same steps as 1 process."""
+    args = [f"--optimizer_name={optimizer}", "--learning_rate=1e-3", "--weight_decay=0.1", "--beta1=0.9",
+            "--beta2=0.95", "--eval_interval=6"]
+    tiny(data_dir, tmp_path / "one", *args, "--max_iters=12", script="train.py")
+    tiny(data_dir, tmp_path / "fsdp", *args, "--max_iters=6", "--fsdp=True", script="train.py", nproc=2)
+    tiny(data_dir, tmp_path / "fsdp", *args, "--max_iters=12", "--fsdp=True", "--init_from=resume",
+         script="train.py", nproc=2)
+    assert max_rel_diff(events(tmp_path / "one"), events(tmp_path / "fsdp"), range(12)) <= 1e-5
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -329,6 +375,8 @@ BAD_INPUTS = {
                                                                                  "total_bs=16"]),
     "block_size larger than the data": (["--block_size=100000000"], ["block_size"]),
     "missing dataset": (["--dataset=nosuchdata", "--data_dir=None"], ["data/nosuchdata", "prepare"]),
+    "sophia-h under fsdp": (["--optimizer_name=sophiah", "--fsdp=True"], ["sophiah", "--fsdp=False"]),
+    "fp16 under fsdp": (["--dtype=float16", "--fsdp=True"], ["float16", "bfloat16"]),
 }
 
 
