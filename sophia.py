@@ -141,7 +141,7 @@ class SophiaG(Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure=None, bs=5120):
+    def step(self, closure=None, bs=default_bs):
         """One Sophia step from the gradients in .grad. `bs`: the number of predictions (tokens) behind this
         step's gradient, e.g. global batch sequences x sequence length. The default 5120 is upstream's
         placeholder: always pass the real count."""
@@ -296,7 +296,7 @@ class SophiaH(SophiaG):
         self.probe = probe
         super().__init__(params, lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, **kwargs)
 
-    def step(self, closure=None, bs=1):
+    def step(self, closure=None, bs=default_bs):
         """One Sophia-H step; bs = 1 because h estimates the Hessian of the mean loss itself."""
         return super().step(closure, bs)
 

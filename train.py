@@ -648,7 +648,7 @@ class Trainer:
                                     config=config, dir=cfg.out_dir)
         # fingerprints that let a comparison check it used the same initial weights and data
         fingerprint = dict(data=dict(dir=os.path.abspath(self.dataset.data_dir), **self.dataset.lengths))
-        if self.resumed_from is None:
+        if self.resumed_from is None and (self.run.master or self.fsdp):   # only the master logs it
             digest = hashlib.sha256()
             for tensor in self.raw_model.state_dict().values():     # FSDP: gathered on every rank
                 digest.update(full_tensor(tensor).detach().cpu().numpy().tobytes())
@@ -665,7 +665,9 @@ class Trainer:
             dist.all_gather_object(rng, self._rng_state())
         else:
             rng = [self._rng_state()]
-        model, optimizer = self._full_state_dicts()
+        if not (run.master or self.fsdp):
+            return
+        model, optimizer = self._full_state_dicts()     # FSDP: a collective that every rank joins
         if not run.master:
             return
         if not all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point()):
