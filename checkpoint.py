@@ -10,6 +10,9 @@ Every file is written to a temporary name, flushed and fsynced, then renamed ove
 atomic, so a reader (or a crash at any instant) sees either the old complete file or the new complete file.
 Checkpoints hold only tensors, numbers, strings, lists and dicts, and load with
 torch.load(weights_only=True, map_location="cpu"): no arbitrary pickled objects.
+
+For inference (eval.py, sample.py): load_model() builds the checkpoint's GPT, dataset_dir() finds the data it was
+trained on and load_tokenizer() the tokenizer that data was made with.
 """
 
 import glob
@@ -20,7 +23,10 @@ import shutil
 import torch
 
 from configurator import UserError
+from model import GPT, GPTConfig
+from tokenizer import GPT2_VOCAB_SIZE, TokenizerError, tokenizer_from_meta
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
 FORMAT = "sophia-gpt-checkpoint"
 
@@ -123,3 +129,52 @@ def load_latest(out_dir):
         except UserError as err:
             errors.append(str(err))
     raise UserError("no loadable checkpoint in " + repr(out_dir) + ":\n  " + "\n  ".join(errors))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading for inference (eval.py, sample.py)
+
+def load_model(out_dir, ckpt_path, device):
+    """The checkpoint at ckpt_path (else out_dir's latest) and its GPT, in eval mode on device.
+    Returns (model, checkpoint dict, path)."""
+    if ckpt_path:
+        ckpt, path = load(ckpt_path), ckpt_path
+    elif not os.path.isdir(out_dir):
+        raise UserError(f"out_dir {out_dir!r} does not exist; pass the out_dir of a training run (--out_dir=DIR) "
+                        f"or a checkpoint file (--ckpt=PATH)")
+    elif not has_checkpoint(out_dir):
+        raise UserError(f"no checkpoint in out_dir {out_dir!r} (expected {LATEST}); train there first, "
+                        f"or pass another --out_dir or a checkpoint file with --ckpt=PATH")
+    else:
+        ckpt, path = load_latest(out_dir)
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"checkpoint {path} does not hold a model this model.py can build "
+                        f"({type(err).__name__}: {str(err)[:200]}); it was written by another version of the repo") \
+            from None
+    return model.to(device).eval(), ckpt, path
+
+
+def dataset_dir(ckpt, data_dir):
+    """--data_dir, else the dataset the checkpoint was trained on: its data_dir, or data/<dataset> here."""
+    config = ckpt["config"]
+    return data_dir or config.get("data_dir") or os.path.join(ROOT, "data", config["dataset"])
+
+
+def load_tokenizer(data_dir, model_vocab_size):
+    """The tokenizer named by data_dir/meta.json (GPT-2 without one), checked against the model's vocabulary."""
+    meta = os.path.join(data_dir, "meta.json")
+    if not os.path.isfile(meta) and model_vocab_size < GPT2_VOCAB_SIZE:
+        raise UserError(f"{meta} not found, so the tokenizer is unknown (a vocabulary of {model_vocab_size} is "
+                        f"not GPT-2's); pass --data_dir=DIR, the prepared dataset the checkpoint was trained on")
+    try:
+        tokenizer = tokenizer_from_meta(data_dir)
+    except TokenizerError as err:
+        raise UserError(str(err)) from None
+    if tokenizer.vocab_size > model_vocab_size:
+        raise UserError(f"{data_dir} uses the {tokenizer.name} tokenizer ({tokenizer.vocab_size} tokens) but the "
+                        f"model knows only {model_vocab_size}: it was trained on another dataset; pass --data_dir=DIR "
+                        f"of that dataset")
+    return tokenizer

@@ -7,6 +7,8 @@ Arguments apply left to right, so a later one wins (files and flags may interlea
 - `path/to/file.py` runs as Python in a namespace holding the current values, so it may write
   `lr_decay_iters = max_iters`. Every config key it assigns is applied. Imports, functions, classes and
   `_private` names are allowed as helpers; any other new name is an error (a typo is never ignored).
+  `include("gpt2_small.py")` runs another config file, relative to this one, at that point (recursively):
+  each key is recorded with the file that set it, and an error names the file and line where it happened.
 - `--key=value` or `--key value`: the value is read with ast.literal_eval; strings may be unquoted.
 
 Each value is checked against its field's annotation: int, float, bool, str, Optional[...] / X | None and
@@ -196,25 +198,38 @@ def _usage(annotations, values):
 # -----------------------------------------------------------------------------
 # config files
 
+INCLUDE = "include"   # the one name a config file gets besides the config keys: include("base.py")
+
+
 class _RecordingLocals(dict):
     """exec() locals that store every top-level binding in the file's globals, so functions defined in
-    the file see the same names, and remember the names bound, in order. The dict itself stays empty."""
+    the file see the same names, and remember the names bound (in order) with the line that bound them.
+    The dict itself stays empty."""
 
-    def __init__(self, namespace):
+    def __init__(self, namespace, path):
         super().__init__()
-        self.namespace = namespace
-        self.bound = {}  # used as an ordered set
+        self.namespace, self.path = namespace, path
+        self.bound = {}  # name -> line of its latest binding, in order of first binding since the last flush
 
     def __setitem__(self, name, value):
         self.namespace[name] = value
-        self.bound[name] = None
+        frame = sys._getframe(1)
+        self.bound[name] = frame.f_lineno if frame.f_code.co_filename == self.path else None
 
     def __delitem__(self, name):
         del self.namespace[name]
 
 
-def _run_file(path, annotations, values):
-    """Execute config file `path` with the current values in scope; return [(key, value)] it set, in order."""
+def _where(path, line):
+    return f"{path}, line {line}" if line else path
+
+
+def _run_file(path, annotations, values, applied, including=()):
+    """Execute config file `path` with the current values in scope. Every config key it sets is checked and
+    written into `values`, in order, and recorded in `applied` as "path: key = value". include("other.py") in
+    the file runs other.py (a path relative to this file) the same way at that point: it sees the keys set so
+    far, its keys are recorded as its own, and the including file sees them afterwards.
+    `including` holds the real paths of the files whose include() led here (to refuse a cycle)."""
     try:
         with open(path, encoding="utf-8") as f:
             source = f.read()
@@ -224,26 +239,59 @@ def _run_file(path, annotations, values):
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
     namespace = dict(values, __name__="__config__", __file__=path)
-    file_locals = _RecordingLocals(namespace)
+    file_locals = _RecordingLocals(namespace, path)
+
+    def flush():
+        """Apply what the file set since the last flush: its top-level bindings in order, then values changed
+        another way (a helper using `global`)."""
+        touched = dict(file_locals.bound)
+        file_locals.bound.clear()
+        touched.update((k, None) for k, v in namespace.items() if k not in touched and
+                       (k not in synced or v is not synced[k]))
+        for name, line in touched.items():
+            if name not in namespace or name.startswith("_") or name == INCLUDE:
+                continue
+            value = namespace[name]
+            if name in annotations:
+                values[name] = _coerce(name, value, annotations[name], _where(path, line))
+                applied.append(f"{path}: {name} = {values[name]!r}")
+            elif not (callable(value) or isinstance(value, types.ModuleType)):
+                raise _unknown_key(name, annotations, _where(path, line),
+                                   "helper names need a leading underscore, like '_scale'; ")
+        synced.clear()
+        synced.update(namespace)
+
+    def include(relative_path):
+        frame = sys._getframe(1)
+        line = frame.f_lineno if frame.f_code.co_filename == path else None
+        target = os.path.normpath(os.path.join(os.path.dirname(path), relative_path))
+        if not os.path.isfile(target):
+            raise ConfigError(f"config file {_where(path, line)}: include({relative_path!r}): {target} not found "
+                              f"(paths are relative to the including file)")
+        chain = (*including, os.path.realpath(path))
+        if os.path.realpath(target) in chain:
+            raise ConfigError(f"config file {_where(path, line)}: include({relative_path!r}) includes itself "
+                              f"(through {' -> '.join(chain)})")
+        flush()
+        try:
+            _run_file(target, annotations, values, applied, chain)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; included from {_where(path, line)}") from None
+        namespace.update(values)
+        synced.clear()
+        synced.update(namespace)
+
+    namespace[INCLUDE] = include
+    synced = dict(namespace)   # what the namespace held after the last flush: any other object was set since
     try:
         exec(code, namespace, file_locals)
+    except ConfigError:
+        raise                      # from an include() or a key set before it: already names its file and line
     except Exception as e:
         lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
         where = f", line {lines[-1]}" if lines else ""
         raise ConfigError(f"config file {path}{where}: {type(e).__name__}: {e}") from e
-    # top-level bindings in order, then values changed another way (a helper using `global`)
-    touched = dict(file_locals.bound)
-    touched.update((k, None) for k, v in namespace.items() if k not in values or v is not values[k])
-    assigned = []
-    for name in touched:
-        if name not in namespace or name.startswith("_"):
-            continue
-        value = namespace[name]
-        if name in annotations:
-            assigned.append((name, value))
-        elif not (callable(value) or isinstance(value, types.ModuleType)):
-            raise _unknown_key(name, annotations, path, "helper names need a leading underscore, like '_scale'; ")
-    return assigned
+    flush()
 
 
 # -----------------------------------------------------------------------------
@@ -269,9 +317,7 @@ def load_config(config_cls, argv, defaults=None):
     applied = []
     for kind, name, text in _split_argv(argv, annotations):
         if kind == "file":
-            for key, value in _run_file(name, annotations, values):
-                values[key] = _coerce(key, value, annotations[key], name)
-                applied.append(f"{name}: {key} = {values[key]!r}")
+            _run_file(name, annotations, values, applied)
         else:
             value = _parse_cli_value(text, annotations[name])
             values[name] = _coerce(name, value, annotations[name], f"--{name}={text}")

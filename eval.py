@@ -21,7 +21,6 @@ when --max_tokens cuts the split short):
                     equal to bits_per_token for the bytes tokenizer, comparable across tokenizers
 """
 
-import contextlib
 import json
 import math
 import os
@@ -34,13 +33,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-import checkpoint
+import devices
+from checkpoint import dataset_dir, load_model, load_tokenizer
 from configurator import UserError, load_config, run_cli
 from dataloader import TokenDataset
-from model import GPT, GPTConfig
-from tokenizer import GPT2_VOCAB_SIZE, TokenizerError, tokenizer_from_meta
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -52,82 +48,7 @@ class EvalConfig:
     batch_size: int | None = None           # windows per forward pass; None: the checkpoint's micro-batch size
     data_dir: str | None = None             # None: the dataset the checkpoint was trained on
     device: str = "auto"                    # auto: cuda if available, else cpu; or cpu, cuda, cuda:1, mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-
-
-# ----------------------------------------------------------------------------------------------------------
-# loading (shared with sample.py)
-
-def resolve_device(name):
-    """torch.device for --device (auto: cuda if available, else cpu), checked to exist on this machine."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except Exception as err:   # a malformed name, a CPU-only build, a missing GPU: all end the same way
-        raise UserError(f"--device={name} is not usable here ({str(err).splitlines()[0][:150]}); "
-                        f"use --device=cpu, or auto") from None
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def autocast_for(device, dtype):
-    """(dtype name, context) for the forward passes: bf16 autocast on CUDA by default (as in training, with the
-    loss taken in fp32), plain fp32 elsewhere."""
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype == "float32":
-        return dtype, contextlib.nullcontext()
-    return dtype, torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
-
-
-def load_model(out_dir, ckpt_path, device):
-    """The checkpoint at ckpt_path (else out_dir's latest) and its GPT, in eval mode on device.
-    Returns (model, checkpoint dict, path)."""
-    if ckpt_path:
-        ckpt, path = checkpoint.load(ckpt_path), ckpt_path
-    elif not os.path.isdir(out_dir):
-        raise UserError(f"out_dir {out_dir!r} does not exist; pass the out_dir of a training run (--out_dir=DIR) "
-                        f"or a checkpoint file (--ckpt=PATH)")
-    elif not checkpoint.has_checkpoint(out_dir):
-        raise UserError(f"no checkpoint in out_dir {out_dir!r} (expected {checkpoint.LATEST}); train there first, "
-                        f"or pass another --out_dir or a checkpoint file with --ckpt=PATH")
-    else:
-        ckpt, path = checkpoint.load_latest(out_dir)
-    try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"checkpoint {path} does not hold a model this model.py can build "
-                        f"({type(err).__name__}: {str(err)[:200]}); it was written by another version of the repo") \
-            from None
-    return model.to(device).eval(), ckpt, path
-
-
-def dataset_dir(ckpt, data_dir):
-    """--data_dir, else the dataset the checkpoint was trained on: its data_dir, or data/<dataset> here."""
-    config = ckpt["config"]
-    return data_dir or config.get("data_dir") or os.path.join(ROOT, "data", config["dataset"])
-
-
-def load_tokenizer(data_dir, model_vocab_size):
-    """The tokenizer named by data_dir/meta.json (GPT-2 without one), checked against the model's vocabulary."""
-    meta = os.path.join(data_dir, "meta.json")
-    if not os.path.isfile(meta) and model_vocab_size < GPT2_VOCAB_SIZE:
-        raise UserError(f"{meta} not found, so the tokenizer is unknown (a vocabulary of {model_vocab_size} is "
-                        f"not GPT-2's); pass --data_dir=DIR, the prepared dataset the checkpoint was trained on")
-    try:
-        tokenizer = tokenizer_from_meta(data_dir)
-    except TokenizerError as err:
-        raise UserError(str(err)) from None
-    if tokenizer.vocab_size > model_vocab_size:
-        raise UserError(f"{data_dir} uses the {tokenizer.name} tokenizer ({tokenizer.vocab_size} tokens) but the "
-                        f"model knows only {model_vocab_size}: it was trained on another dataset; pass --data_dir=DIR "
-                        f"of that dataset")
-    return tokenizer
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: as in training (devices.py)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,8 +102,10 @@ def main(argv=None):
     for key in ("max_tokens", "batch_size"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise UserError(f"--{key} must be a positive integer (or None), got {getattr(cfg, key)}")
-    device = resolve_device(cfg.device)
-    dtype, autocast = autocast_for(device, cfg.dtype)
+    device = devices.checked_device(cfg.device)
+    devices.configure(device)
+    dtype = devices.resolve_dtype(cfg.dtype, device)
+    autocast = devices.autocast(device, dtype)
     model, ckpt, path = load_model(cfg.out_dir, cfg.ckpt, device)
     data_dir = dataset_dir(ckpt, cfg.data_dir)
     if not os.path.isdir(data_dir):

@@ -17,8 +17,9 @@ from typing import Literal
 
 import torch
 
+import devices
+from checkpoint import dataset_dir, load_model, load_tokenizer
 from configurator import UserError, load_config, run_cli
-from eval import autocast_for, dataset_dir, load_model, load_tokenizer, resolve_device
 
 FILE_PREFIX = "FILE:"
 
@@ -35,7 +36,7 @@ class SampleConfig:
     seed: int = 1337
     data_dir: str | None = None             # dataset whose meta.json names the tokenizer; None: the checkpoint's
     device: str = "auto"                    # auto: cuda if available, else cpu; or cpu, cuda, cuda:1, mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: as in training (devices.py)
 
 
 def prompt_text(start):
@@ -85,8 +86,9 @@ def main(argv=None):
     if cfg.top_k is not None and cfg.top_k < 1:
         raise UserError(f"--top_k must be a positive integer or None (no limit), got {cfg.top_k}")
     text = prompt_text(cfg.start)
-    device = resolve_device(cfg.device)
-    _, autocast = autocast_for(device, cfg.dtype)
+    device = devices.checked_device(cfg.device)
+    devices.configure(device)
+    autocast = devices.autocast(device, devices.resolve_dtype(cfg.dtype, device))
     model, ckpt, _ = load_model(cfg.out_dir, cfg.ckpt, device)
     tokenizer = load_tokenizer(dataset_dir(ckpt, cfg.data_dir), model.config.vocab_size)
     mask_padding(model, tokenizer.vocab_size)

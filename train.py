@@ -19,7 +19,6 @@ Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints (see 
 with wandb_log=True, a wandb run that a resumed run continues.
 """
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -43,6 +42,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
+import devices
 from configurator import UserError, config_to_dict, load_config
 from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
 from lion import Lion
@@ -50,9 +50,10 @@ from model import GPT, GPTConfig
 from sophia import SophiaG, SophiaH, gnb_loss, hutchinson_estimate
 from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
 
-# Per-optimizer defaults for the keys left at None; GPT-2 small values from the Sophia paper / upstream
-# configs. Sophia-H's rho is the paper's γ for Hutchinson; Lion's weight decay is 10x AdamW's because its
-# lr is ~6x smaller (decoupled decay scales with lr·wd), following the Lion paper's advice.
+# Each optimizer's hyperparameters, for the keys left at None: the one source of them for the training loop
+# (config files set only the ones that differ, e.g. a larger model's lr). GPT-2 small values from the Sophia
+# paper / upstream configs. Sophia-H's rho is the paper's γ for Hutchinson; Lion's weight decay is 10x AdamW's
+# because its lr is ~6x smaller (decoupled decay scales with lr·wd), following the Lion paper's advice.
 OPTIMIZER_DEFAULTS = {
     "sophiag": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.05),
     "sophiah": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.01),
@@ -136,11 +137,9 @@ def resolve(cfg, world_size):
         cfg.lr_decay_iters = cfg.max_iters
     if cfg.hess_total_bs is None:
         cfg.hess_total_bs = cfg.total_bs
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.device = devices.default_device(cfg.device)
+    cfg.dtype = devices.resolve_dtype(cfg.dtype, cfg.device)
     cuda = cfg.device.startswith("cuda")
-    if cfg.dtype == "auto":
-        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
     if cfg.compile is None:
         cfg.compile = cuda
     if cfg.backend is None:
@@ -229,22 +228,15 @@ class Run:
         self.master = self.rank == 0
 
     def setup_device(self, cfg):
+        if self.ddp and cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{self.local_rank}"      # one GPU per process
+        self.device = devices.checked_device(cfg.device)
         if self.ddp:
-            if cfg.device.startswith("cuda"):
-                cfg.device = f"cuda:{self.local_rank}"
-                torch.cuda.set_device(cfg.device)
-            dist.init_process_group(backend=cfg.backend, device_id=torch.device(cfg.device)
-                                    if cfg.device.startswith("cuda") else None)
-        self.device = torch.device(cfg.device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        # CPUs compute on subnormal floats (|x| < 1.2e-38) up to ~100x slower; Sophia's Hessian EMA of tiny
-        # squared gradients is full of them early on. Flush them to zero, as GPUs do by default.
-        torch.set_flush_denormal(True)
-        self.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-        self.autocast = (contextlib.nullcontext() if cfg.dtype == "float32" else
-                         torch.autocast(device_type=self.device.type, dtype=self.ptdtype))
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None)
+        devices.configure(self.device)
+        self.autocast = devices.autocast(self.device, cfg.dtype)
 
     def all_mean(self, tensor):
         """Mean over ranks (one collective)."""

@@ -44,17 +44,13 @@ RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "compile", "backend", "fsdp", "data_dir", "wandb_log",
                "wandb_project", "log_interval", "always_save_checkpoint", "keep_last", "init_from"}
 
-# name: (optimizer_name, fixed hyperparameters, grid of (learning_rate, rho))
-# (grids bracket each optimizer's best in pilot runs; betas and weight decay are each optimizer's published defaults)
+# name: (optimizer_name, grid of (learning_rate, rho)). Betas and weight decay are each optimizer's published
+# defaults, train.py's OPTIMIZER_DEFAULTS; the grids bracket each optimizer's best in pilot runs.
 STUDY = {
-    "adamw": ("adamw", dict(weight_decay=0.1, beta1=0.9, beta2=0.95),
-              [(lr, None) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]),
-    "lion": ("lion", dict(weight_decay=1.0, beta1=0.9, beta2=0.99),
-             [(lr, None) for lr in (1.5e-4, 3e-4, 6e-4, 1.2e-3)]),
-    "sophiag": ("sophiag", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
-                [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.01, 0.05, 0.5)]),
-    "sophiah": ("sophiah", dict(weight_decay=0.2, beta1=0.965, beta2=0.99),
-                [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.1, 1.0, 10.0)]),
+    "adamw": ("adamw", [(lr, None) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]),
+    "lion": ("lion", [(lr, None) for lr in (1.5e-4, 3e-4, 6e-4, 1.2e-3)]),
+    "sophiag": ("sophiag", [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.01, 0.05, 0.5)]),
+    "sophiah": ("sophiah", [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4, 1e-3) for rho in (0.1, 1.0, 10.0)]),
 }
 SEEDS = (0, 1, 2)
 QUICK = dict(max_iters=20, eval_interval=5, seeds=(0, 1),
@@ -69,14 +65,13 @@ def run_name(name, lr, rho, seed):
 
 def train_run(out, data_dir, name, lr, rho, seed, extra):
     """One training run in its own process and one CPU thread. Returns its summary."""
-    optimizer, fixed, _ = STUDY[name]
+    optimizer, _ = STUDY[name]
     run_dir = os.path.join(out, "runs", run_name(name, lr, rho, seed))
     if os.path.exists(os.path.join(run_dir, "summary.json")):      # finished earlier: reuse
         return json.load(open(os.path.join(run_dir, "summary.json")))
     shutil.rmtree(run_dir, ignore_errors=True)
     args = [sys.executable, "train.py", BASE_CONFIG, f"--out_dir={run_dir}", f"--data_dir={data_dir}",
-            f"--optimizer_name={optimizer}", f"--learning_rate={lr}", f"--seed={seed}",
-            *[f"--{k}={v}" for k, v in fixed.items()], *extra]
+            f"--optimizer_name={optimizer}", f"--learning_rate={lr}", f"--seed={seed}", *extra]
     if rho is not None:
         args.append(f"--rho={rho}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -236,7 +231,7 @@ def study(args, out):
     data_dir = os.path.join(out, "data")
     if not os.path.exists(os.path.join(data_dir, "train.bin")):
         subprocess.run([sys.executable, "data/stdlib/prepare.py", f"--out_dir={data_dir}"], cwd=ROOT, check=True)
-    grids = {name: grid for name, (_, _, grid) in STUDY.items()}
+    grids = {name: grid for name, (_, grid) in STUDY.items()}
     seeds, extra = SEEDS, []
     if args.quick:
         grids, seeds = QUICK["grids"], QUICK["seeds"]
@@ -278,6 +273,16 @@ def given_runs(run_dirs):
     return runs, {"adamw": best_runs.pop("adamw"), **best_runs}
 
 
+def portable(run, out):
+    """A run's summary for results.json: without its config (shared_config holds it), and with its folders
+    relative to --out, so that the file names no path of the machine that made it."""
+    record = {k: v for k, v in run.items() if k != "config"}
+    record["dir"] = os.path.relpath(run["dir"], out)
+    if record.get("data") and "dir" in record["data"]:
+        record["data"] = {**record["data"], "dir": os.path.relpath(record["data"]["dir"], out)}
+    return record
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "compare"))
@@ -309,8 +314,8 @@ def main():
                                                                          else f" rho={group[0]['rho']:g}")
                                       for name, group in best_runs.items()])
     open(os.path.join(out, "results.md"), "w").write(table)
-    json.dump(dict(rows=rows, runs=[{k: v for k, v in r.items() if k != "config"} for r in runs],
-                   shared_config=cfg), open(os.path.join(out, "results.json"), "w"), indent=1)
+    json.dump(dict(rows=rows, runs=[portable(r, out) for r in runs], shared_config=cfg),
+              open(os.path.join(out, "results.json"), "w"), indent=1)
     print("\n" + table)
     print(f"fairness checks passed: {len(runs)} runs share data, init per seed, model, schedule "
           f"shape, clipping, precision and token budget")

@@ -1,8 +1,7 @@
 # GPT-2 774M on OpenWebText: the model and micro-batch, shared by every optimizer's config at this size
 # (train_gpt2_large_*.py), so that runs differ only in the optimizer. The paper's and upstream's settings.
 
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_openwebtext.py")).read())   # data, batch, schedule
+include("gpt2_openwebtext.py")   # data, batch, schedule
 
 # model: 36 layers, 20 heads, 1280 wide
 n_layer = 36

@@ -1,8 +1,7 @@
 # GPT-2 355M on OpenWebText: the model and micro-batch, shared by every optimizer's config at this size
 # (train_gpt2_medium_*.py), so that runs differ only in the optimizer. The paper's and upstream's settings.
 
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_openwebtext.py")).read())   # data, batch, schedule
+include("gpt2_openwebtext.py")   # data, batch, schedule
 
 # model: 24 layers, 16 heads, 1024 wide
 n_layer = 24

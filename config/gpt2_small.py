@@ -1,8 +1,7 @@
 # GPT-2 124M on OpenWebText: the model and micro-batch, shared by every optimizer's config at this size
 # (train_gpt2_small_*.py), so that runs differ only in the optimizer. The paper's and upstream's settings.
 
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_openwebtext.py")).read())   # data, batch, schedule
+include("gpt2_openwebtext.py")   # data, batch, schedule
 
 # model: 12 layers, 12 heads, 768 wide
 n_layer = 12

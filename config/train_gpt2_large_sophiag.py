@@ -1,16 +1,11 @@
 # GPT-2 774M on OpenWebText with Sophia-G: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_large_sophiag.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_large.py")).read())   # model, data, schedule
-# min_lr: 0.05 x peak here; upstream's config used 1e-5.
+include("gpt2_large.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-large-sophiag"
 wandb_run_name = "gpt2-large-sophiag"
 
 optimizer_name = "sophiag"
+# betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiag"]; this size's own:
 learning_rate = 3e-4
-rho = 0.05
-weight_decay = 0.2
-beta1 = 0.965
-beta2 = 0.99
-hess_interval = 10             # Hessian EMA refreshed after steps 9, 19, 29, ... on a full 480-sequence batch
+# min_lr: 0.05 x peak here; upstream's config used 1e-5.

@@ -1,14 +1,11 @@
 # GPT-2 355M on OpenWebText with AdamW: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train_adam.py config/train_gpt2_medium_adam.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_medium.py")).read())   # model, data, schedule
-# min_lr: 0.05 x peak here; upstream's config used 6e-5.
+include("gpt2_medium.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-medium-adam"
 wandb_run_name = "gpt2-medium-adam"
 
 optimizer_name = "adamw"
+# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own:
 learning_rate = 3e-4
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.95
+# min_lr: 0.05 x peak here; upstream's config used 6e-5.

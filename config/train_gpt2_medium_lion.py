@@ -1,13 +1,9 @@
 # GPT-2 355M on OpenWebText with Lion: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_medium_lion.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_medium.py")).read())   # model, data, schedule
+include("gpt2_medium.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-medium-lion"
 wandb_run_name = "gpt2-medium-lion"
 
 optimizer_name = "lion"
-learning_rate = 1e-4            # the Sophia paper's Lion baseline
-weight_decay = 1.0             # Lion paper: 3-10x AdamW's, as its lr is several times smaller
-beta1 = 0.9
-beta2 = 0.99
+# learning rate, betas, weight decay: train.py's OPTIMIZER_DEFAULTS["lion"] (the GPT-2 small values)

@@ -1,14 +1,10 @@
 # GPT-2 124M on OpenWebText with AdamW: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train_adam.py config/train_gpt2_small_adam.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_small.py")).read())   # model, data, schedule
-# min_lr: 0.05 x peak here; upstream's config used 3e-5.
+include("gpt2_small.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-small-adam"
 wandb_run_name = "gpt2-small-adam"
 
 optimizer_name = "adamw"
-learning_rate = 6e-4
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.95
+# learning rate, betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"] (the GPT-2 small values)
+# min_lr: 0.05 x peak here; upstream's config used 3e-5.

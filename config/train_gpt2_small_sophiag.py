@@ -1,16 +1,10 @@
 # GPT-2 124M on OpenWebText with Sophia-G: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_small_sophiag.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_small.py")).read())   # model, data, schedule
-# min_lr: 0.05 x peak here; upstream's config used 1.5e-5.
+include("gpt2_small.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-small-sophiag"
 wandb_run_name = "gpt2-small-sophiag"
 
 optimizer_name = "sophiag"
-learning_rate = 6e-4
-rho = 0.05
-weight_decay = 0.2
-beta1 = 0.965
-beta2 = 0.99
-hess_interval = 10             # Hessian EMA refreshed after steps 9, 19, 29, ... on a full 480-sequence batch
+# learning rate, betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiag"] (the GPT-2 small values)
+# min_lr: 0.05 x peak here; upstream's config used 1.5e-5.

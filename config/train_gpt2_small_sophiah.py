@@ -1,15 +1,9 @@
 # GPT-2 124M on OpenWebText with Sophia-H: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_small_sophiah.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "gpt2_small.py")).read())   # model, data, schedule
+include("gpt2_small.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-small-sophiah"
 wandb_run_name = "gpt2-small-sophiah"
 
 optimizer_name = "sophiah"
-learning_rate = 6e-4
-rho = 0.01                     # the paper's gamma for Sophia-H (Hutchinson estimates the Hessian itself)
-weight_decay = 0.2
-beta1 = 0.965
-beta2 = 0.99
-hess_interval = 10
+# learning rate, betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiah"] (the GPT-2 small values)

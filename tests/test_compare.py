@@ -1,12 +1,17 @@
-"""The optimizer comparison harness: its metric, its fairness checks, and a --quick end-to-end run."""
+"""The optimizer comparison harness: its metric, its fairness checks, its report on finished runs (fast, from
+runs written here), and the --quick study end to end (slow: 12 training runs)."""
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import train
+from configurator import config_to_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -58,6 +63,59 @@ def test_fairness_check_catches_any_shared_difference():
         co.check_fairness([runs[0], other_data])
 
 
+def write_finished_run(out_dir, optimizer, lr, seed, time_scale, train_seconds):
+    """The metrics.jsonl a config/compare_tiny.py run writes, with a val loss of 2 + 3·exp(-t / time_scale)."""
+    cfg, _ = load_config(train.TrainConfig, ["config/compare_tiny.py", f"--optimizer_name={optimizer}",
+                                             f"--learning_rate={lr}", f"--seed={seed}", f"--out_dir={out_dir}"])
+    train.resolve(cfg, world_size=1)
+    loss = lambda t: 2 + 3 * math.exp(-t / time_scale)  # noqa: E731
+    records = [dict(event="run", iter=0, name=optimizer, config=config_to_dict(cfg), init_sha256=f"init{seed}",
+                    data=dict(dir=str(out_dir.parent / "data"), train=1000, val=100))]
+    for it in range(cfg.max_iters):
+        records.append({"event": "train", "iter": it, "train/loss": loss(it) + 0.1, "lr": lr, "train/clip_rate": 0.1,
+                        "time": train_seconds * (it + 1) / cfg.max_iters,
+                        **({"train/win_rate": 0.2} if optimizer == "sophiag" else {})})
+    records += [{"event": "eval", "iter": it, "val/loss": loss(it)} for it in range(0, cfg.max_iters + 1, 25)]
+    out_dir.mkdir(parents=True)
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out_dir
+
+
+def test_report_on_finished_runs(tmp_path):
+    """The fast sibling of the --quick study: --runs on two seeds of AdamW and of a Sophia-G that needs twice the
+    steps (its loss curve is AdamW's stretched 2x in time): the speed-up in steps is 0.5 on each seed, and the
+    report files name no path of this machine."""
+    runs = [write_finished_run(tmp_path / f"{name}{seed}", name, lr, seed, scale, seconds)
+            for seed in (0, 1) for name, lr, scale, seconds in [("adamw", 4e-3, 100, 20.0),
+                                                                ("sophiag", 2.5e-4, 200, 25.0)]]
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={out}", "--runs", *map(str, runs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "fairness checks passed: 4 runs" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert list(rows) == ["adamw", "sophiag"] and rows["sophiag"]["seeds"] == [0, 1]
+    assert rows["adamw"]["speedup_per_seed"] == [1.0, 1.0]
+    assert rows["sophiag"]["speedup_per_seed"] == pytest.approx([0.5, 0.5])
+    assert rows["sophiag"]["wall_speedup"][0] == pytest.approx(0.5 * 20 / 25)
+    assert rows["sophiag"]["final_mean"] == pytest.approx(2 + 3 * math.exp(-2))
+    assert "| sophiag | 0.00025 |" in (out / "results.md").read_text()
+    for figure in ("val_loss.png", "train_loss.png", "win_clip_rate.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "results.json").read_text()
+    assert str(tmp_path) not in text and str(ROOT) not in text
+    assert {r["dir"] for r in results["runs"]} == {f"../{r.name}" for r in runs}
+    # a run that trained on other data is refused, with one line
+    other = write_finished_run(tmp_path / "other", "sophiag", 1e-3, 0, 200, 25.0)
+    metrics = (other / "metrics.jsonl").read_text().replace('"train": 1000', '"train": 999')
+    (other / "metrics.jsonl").write_text(metrics)
+    proc = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={out}", "--runs", str(runs[0]),
+                           str(other)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "trained on other data" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "bench/compare_optimizers.py", "--quick", f"--out={tmp_path}", "--jobs=2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -80,12 +138,13 @@ def test_quick_study_end_to_end(tmp_path):
     best = [r for r in results["runs"] if r["name"] in ("adamw", "sophiag")
             and (r["lr"], r["rho"]) == (rows[r["name"]]["lr"], rows[r["name"]]["rho"])]
     again = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={tmp_path / 'again'}", "--runs",
-                            *[r["dir"] for r in best]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            *[str(tmp_path / r["dir"]) for r in best]], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     reported = json.loads((tmp_path / "again" / "results.json").read_text())["rows"]
     assert list(reported) == ["adamw", "sophiag"]
     assert reported["sophiag"]["speedup_per_seed"] == rows["sophiag"]["speedup_per_seed"]
     alone = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={tmp_path / 'alone'}", "--runs",
-                            *[r["dir"] for r in best if r["name"] == "sophiag"]],
+                            *[str(tmp_path / r["dir"]) for r in best if r["name"] == "sophiag"]],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert alone.returncode == 1 and "needs an AdamW run" in alone.stderr and "Traceback" not in alone.stderr

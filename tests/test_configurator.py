@@ -394,6 +394,62 @@ def test_unreadable_file_is_a_clean_error(tmp_path):
 
 
 # -----------------------------------------------------------------------------
+# include(): config files built from other config files
+
+def test_include_resolves_relative_to_the_including_file_and_records_each_files_keys(tmp_path, monkeypatch):
+    base = tmp_path / "config" / "base"
+    base.mkdir(parents=True)
+    write(base, "data.py", "max_iters = 100\nlr_decay_iters = max_iters\n")
+    write(base, "model.py", 'include("data.py")\nbatch_size = 8\n')
+    write(tmp_path / "config", "run.py", 'learning_rate = 1e-3\ninclude("base/model.py")\n'
+                                                "max_iters = max_iters * 2   # sees the included value\n")
+    monkeypatch.chdir(tmp_path)       # paths are the including file's, not the working directory's
+    cfg, applied = load_config(Cfg, ["config/run.py", "--batch_size=4"])
+    assert (cfg.learning_rate, cfg.max_iters, cfg.lr_decay_iters, cfg.batch_size) == (1e-3, 200, 100, 4)
+    assert applied == ["config/run.py: learning_rate = 0.001",
+                       "config/base/data.py: max_iters = 100",
+                       "config/base/data.py: lr_decay_iters = 100",
+                       "config/base/model.py: batch_size = 8",
+                       "config/run.py: max_iters = 200",
+                       "--batch_size = 4"]
+
+
+def test_included_file_sees_the_keys_set_before_the_include(tmp_path):
+    write(tmp_path, "scaled.py", "min_lr = learning_rate / 20\n")
+    top = write(tmp_path, "top.py", 'learning_rate = 2e-3\ninclude("scaled.py")\nlearning_rate = 4e-3\n')
+    cfg = load(top)
+    assert cfg.min_lr == pytest.approx(1e-4) and cfg.learning_rate == 4e-3
+
+
+def test_errors_in_an_included_file_name_that_file_and_line(tmp_path):
+    write(tmp_path, "typo.py", "batch_size = 4\n\nbatch_sise = 32\n")
+    msg = error(write(tmp_path, "top.py", '# a comment\ninclude("typo.py")\n'))
+    assert f"{tmp_path / 'typo.py'}, line 3" in msg and "'batch_sise'" in msg and "did you mean 'batch_size'" in msg
+    assert f"included from {tmp_path / 'top.py'}, line 2" in msg
+    write(tmp_path, "wrong.py", "max_iters = 1.5\n")
+    msg = error(write(tmp_path, "top2.py", 'include("wrong.py")\n'))
+    assert f"{tmp_path / 'wrong.py'}, line 1" in msg and "max_iters expects int" in msg
+    write(tmp_path, "crash.py", "batch_size = 4\nmax_iters = undefined_name\n")
+    msg = error(write(tmp_path, "top3.py", 'include("crash.py")\n'))
+    assert f"config file {tmp_path / 'crash.py'}, line 2: NameError" in msg and "included from" in msg
+
+
+def test_include_of_a_missing_file_or_a_cycle_is_a_clean_error(tmp_path):
+    msg = error(write(tmp_path, "top.py", 'batch_size = 4\ninclude("nope.py")\n'))
+    assert f"{tmp_path / 'top.py'}, line 2" in msg and str(tmp_path / "nope.py") in msg and "not found" in msg
+    write(tmp_path, "a.py", 'include("b.py")\n')
+    write(tmp_path, "b.py", 'include("a.py")\n')
+    msg = error(str(tmp_path / "a.py"))
+    assert "includes itself" in msg and "b.py, line 1" in msg
+
+
+def test_repo_configs_use_include_not_exec():
+    for path in (REPO / "config").glob("*.py"):
+        text = path.read_text()
+        assert "exec(" not in text and "import os" not in text, path
+
+
+# -----------------------------------------------------------------------------
 # run_cli: one line on stderr, exit status, no traceback (also under python -O)
 
 SCRIPT = """

@@ -1,0 +1,79 @@
+"""
+Which device and precision a run uses: one policy for train.py, eval.py and sample.py.
+
+    name = default_device("auto")            # "cuda" if a GPU is visible, else "cpu" (no CUDA context yet)
+    device = checked_device(name)            # torch.device, proven usable; UserError naming the fix if not
+    configure(device)                        # TF32 matmuls on CUDA; subnormals flushed to zero
+    dtype = resolve_dtype("auto", device)    # "bfloat16" on GPUs with native bf16, "float16" on older GPUs,
+                                             # "float32" on CPU and elsewhere
+    with autocast(device, dtype): ...        # torch.autocast, or nothing for float32
+
+Low-precision runs autocast the matmuls and keep the weights, the optimizer state and the loss in fp32. fp16
+needs a loss scaler in training (train.py uses torch.amp.GradScaler); bf16 does not.
+"""
+
+import contextlib
+
+import torch
+
+from configurator import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device(name):
+    """'auto' -> 'cuda' if CUDA is available, else 'cpu'; any other name is returned as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def checked_device(name):
+    """torch.device for `name` ('auto' allowed), checked by allocating on it: a malformed name, a CPU-only torch
+    build and a missing GPU all end in one UserError."""
+    name = default_device(name)
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except Exception as err:
+        raise UserError(f"--device={name} is not usable here ({str(err).splitlines()[0][:150]}); "
+                        f"use --device=cpu, or auto") from None
+    return device
+
+
+def device_type(device):
+    """'cuda' for torch.device('cuda:1') or the name 'cuda:1'; no check that it exists."""
+    return device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+
+
+def has_native_bf16(device):
+    """Whether the GPU computes in bf16 natively (compute capability 8.0+, e.g. A100, H100). Older GPUs only
+    emulate it, slowly, and torch.cuda.is_bf16_supported() counts emulation unless told not to."""
+    return device_type(device) == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_dtype(name, device):
+    """'auto' -> 'bfloat16' on a GPU with native bf16, 'float16' on another GPU, 'float32' elsewhere."""
+    if name != "auto":
+        return name
+    if device_type(device) != "cuda":
+        return "float32"
+    return "bfloat16" if has_native_bf16(device) else "float16"
+
+
+def autocast(device, dtype):
+    """The forward passes' context: torch.autocast to `dtype` ('bfloat16', 'float16'), or none for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type(device), dtype=DTYPES[dtype])
+
+
+def configure(device):
+    """Process-wide numerics, the same for training and evaluation: TF32 matmuls and convolutions on CUDA
+    (fp32 accuracy is not needed there, the speed is), and subnormal floats (|x| < 1.2e-38) flushed to zero on
+    CPU, where computing on them is up to ~100x slower (Sophia's Hessian EMA of tiny squared gradients is
+    full of them early on); GPUs flush them by default."""
+    if device_type(device) == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.set_flush_denormal(True)

@@ -1,0 +1,60 @@
+"""devices.py: one device and precision policy for train.py, eval.py and sample.py."""
+import contextlib
+
+import pytest
+import torch
+
+import devices
+import train
+from configurator import UserError
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Pretend a GPU is visible; `native` says whether it has bf16 in hardware (A100) or only emulates it (V100)."""
+    state = {"native": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: state["native"] or including_emulation)
+    return state
+
+
+def test_cpu_defaults():
+    if not torch.cuda.is_available():
+        assert devices.default_device("auto") == "cpu"
+    assert devices.default_device("cuda:3") == "cuda:3"
+    assert devices.resolve_dtype("auto", "cpu") == "float32" == devices.resolve_dtype("auto", torch.device("cpu"))
+    assert devices.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    assert isinstance(devices.autocast("cpu", "float32"), contextlib.nullcontext)
+    with devices.autocast("cpu", "bfloat16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_gpu_dtype_counts_only_native_bf16(gpu):
+    assert devices.default_device("auto") == "cuda"
+    assert devices.resolve_dtype("auto", "cuda:1") == "bfloat16"
+    gpu["native"] = False         # emulated bf16 is slow: such GPUs get fp16 (with a loss scaler in training)
+    assert devices.resolve_dtype("auto", "cuda") == "float16"
+    assert devices.resolve_dtype("auto", "mps") == "float32"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_uses_the_same_policy(gpu, native):
+    gpu["native"] = native
+    cfg = train.TrainConfig(device="auto")
+    train.resolve(cfg, world_size=1)
+    assert (cfg.device, cfg.dtype) == ("cuda", devices.resolve_dtype("auto", "cuda"))
+    assert cfg.compile and cfg.backend == "nccl"
+
+
+@pytest.mark.parametrize("name", ["nodevice", "cuda:99" if torch.cuda.is_available() else "cuda"])
+def test_unusable_device_is_a_user_error(name):
+    with pytest.raises(UserError, match=f"--device={name} is not usable here .*--device=cpu"):
+        devices.checked_device(name)
+
+
+def test_configure_flushes_subnormals():
+    devices.configure(torch.device("cpu"))
+    if torch.set_flush_denormal(True):      # False where the CPU cannot (then nothing to check)
+        assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
+    assert devices.checked_device("cpu") == torch.device("cpu")
