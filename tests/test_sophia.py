@@ -17,6 +17,10 @@ from sophia import EPS, SophiaG, SophiaH, gnb_loss, hessian_vector_product, hutc
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sophiag_reference.json"
 PATHS = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+# The fused path compiles a kernel for every new dtype, flag set and set of shapes (~10 s each on 2 cores, more
+# with a cold compiler cache): the slow tier runs it in every test below, the fast tier in one
+# (test_fast_paths_match_single_tensor_fp32[fused]).
+EVERY_PATH = [pytest.param(name, marks=pytest.mark.slow) if name == "fused" else name for name in PATHS]
 
 
 class ReferenceSophiaG(torch.optim.Optimizer):
@@ -106,7 +110,7 @@ def assert_states_close(opt_a, params_a, opt_b, params_b, **tol):
 # ------------------------------------------------------------------------------------------------------
 # exactness
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_matches_reference_fixture(path):
     """float64 trajectories of the upstream rule (param groups, maximize, clipped and unclipped coords)."""
     for case in json.loads(FIXTURE.read_text())["cases"]:
@@ -130,7 +134,7 @@ def test_matches_reference_fixture(path):
 
 @pytest.mark.parametrize("maximize", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.2])
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_paths_match_reference_rule(path, weight_decay, maximize):
     """Random params in several groups, missing grads, a zero-size param: every state tensor agrees."""
     ref_params, params = make_params(), make_params()
@@ -164,7 +168,7 @@ def test_layer_frozen_mid_run_matches_reference():
     assert_states_close(ref, ref_params, opt, params, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_tensor_lr_equals_float_lr(path):
     a, b = make_params(), make_params()
     opt_a = SophiaG(a, lr=1e-2, **PATHS[path])
@@ -174,7 +178,7 @@ def test_tensor_lr_equals_float_lr(path):
     assert_states_close(opt_a, a, opt_b, b, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 @pytest.mark.parametrize("lr", [1e-2, "tensor"])
 def test_capturable_matches_default(path, lr):
     lr = torch.tensor(1e-2, dtype=torch.float64) if lr == "tensor" else lr
@@ -217,7 +221,7 @@ def test_momentum_updated_once_and_hessian_only_on_refresh():
     torch.testing.assert_close(opt.state[p]["hessian"], torch.full((3,), 0.04))
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_clip_invariants(path):
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(1000, dtype=torch.float64))
@@ -309,7 +313,7 @@ def roundtrip(obj):
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_state_dict_roundtrip_continues_identically(path):
     params = make_params()
     opt = SophiaG(param_groups(params), **PATHS[path])
@@ -366,7 +370,7 @@ def test_legacy_float_step_loads():
 # ------------------------------------------------------------------------------------------------------
 # mixed precision and complex
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_bf16_params_keep_fp32_state_and_match_fp32_math(path):
     """A bf16 param is updated in fp32 from its bf16 value and rounded back once per step: the same as an
     fp32 reference whose param is rounded to bf16 after every step."""
@@ -415,7 +419,7 @@ def test_bf16_hessian_ema_does_not_stall():
     assert run(False) < 1.9       # the bf16 state gets stuck far from 2 (at ~1.67)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_complex_param_follows_its_real_view(path):
     torch.manual_seed(0)
     z = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.complex128))
@@ -633,12 +637,26 @@ def test_fused_default_falls_back_to_foreach_when_compilation_fails(monkeypatch)
 # ------------------------------------------------------------------------------------------------------
 # distributed
 
+@pytest.mark.slow
 def test_fsdp2_sharded_parameters_match_unsharded():
-    """DTensor parameters (FSDP2, 2 processes, gloo): every path updates each shard exactly as the unsharded
-    step would, with uneven shards and two param groups, and stats() sums over all shards."""
+    """DTensor parameters (FSDP2, 2 processes, gloo): every path updates each shard as the unsharded step would
+    (to a few ulps), with uneven shards and two param groups, and stats() sums over all shards."""
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "tests/fsdp_sophia_worker.py"], cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all paths match the unsharded model" in proc.stdout
+
+
+def test_fsdp2_parameters_on_one_process_match_unsharded(single_rank):
+    """The fast sibling of the test above: the same checks in this process, FSDP2 over a world of one. The
+    parameters are still DTensors, so every DTensor branch of sophia.py runs (local shards, full_tensor, the
+    all-reduces in stats()); only uneven shards need the 2-process test."""
+    import torch.distributed as dist
+    import fsdp_sophia_worker
+    dist.init_process_group("gloo")
+    try:
+        fsdp_sophia_worker.check(["single", "foreach"])
+    finally:
+        dist.destroy_process_group()
