@@ -9,7 +9,9 @@ out_dir/
 Every file is written to a temporary name, flushed and fsynced, then renamed over the target: a rename is
 atomic, so a reader (or a crash at any instant) sees either the old complete file or the new complete file.
 Checkpoints hold only tensors, numbers, strings, lists and dicts, and load with
-torch.load(weights_only=True, map_location="cpu"): no arbitrary pickled objects.
+torch.load(weights_only=True, map_location="cpu"): no arbitrary pickled objects. Every tensor's bytes are
+checksummed (CRC-32) when saved and checked when loaded, so a file altered on disk is refused, not trained from;
+resuming then falls back to the previous checkpoint and says so.
 
 For inference (eval.py, sample.py): load_model() builds the checkpoint's GPT, dataset_dir() finds the data it was
 trained on and load_tokenizer() the tokenizer that data was made with.
@@ -19,6 +21,8 @@ import glob
 import os
 import re
 import shutil
+import sys
+import zlib
 
 import torch
 
@@ -29,6 +33,7 @@ from tokenizer import GPT2_VOCAB_SIZE, TokenizerError, tokenizer_from_meta
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
 FORMAT = "sophia-gpt-checkpoint"
+CHECKSUMS = "checksums"     # {path of a tensor in the checkpoint: CRC-32 of its bytes}
 
 
 def numbered(out_dir, iter_num):
@@ -77,10 +82,33 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _tensors(obj, prefix=""):
+    """(path, tensor) for every tensor in a nested dict / list, e.g. ('optimizer/state/0/exp_avg', tensor)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}/{index}")
+
+
+def checksums(checkpoint):
+    """{path: CRC-32 of the tensor's bytes} for every tensor of the checkpoint (~3 GB/s; a copy per tensor
+    from the GPU). Tied weights appear under both names."""
+    result = {}
+    for path, tensor in _tensors({k: v for k, v in checkpoint.items() if k != CHECKSUMS}):
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        result[path] = zlib.crc32(data.numpy())
+    return result
+
+
 def save(out_dir, checkpoint, *, keep_last, is_best):
-    """Write checkpoint (a dict with 'iter_num') as the newest numbered file, point ckpt.pt (and
-    ckpt_best.pt when is_best) at it, then delete numbered files beyond the newest keep_last."""
+    """Write checkpoint (a dict with 'iter_num'), with its tensors' checksums, as the newest numbered file, point
+    ckpt.pt (and ckpt_best.pt when is_best) at it, then delete numbered files beyond the newest keep_last."""
     path = numbered(out_dir, checkpoint["iter_num"])
+    checkpoint[CHECKSUMS] = checksums(checkpoint)
     atomic_save(checkpoint, path)
     _atomic_link(path, os.path.join(out_dir, LATEST))
     if is_best:
@@ -100,34 +128,64 @@ def has_checkpoint(out_dir):
     return os.path.exists(os.path.join(out_dir, LATEST)) or bool(numbered_files(out_dir))
 
 
+def _short(err):
+    """An exception's message on one line: terminal colour codes removed, the first line, at most ~300 characters
+    cut at a word."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    text = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return text if len(text) <= 300 else text[:300].rsplit(" ", 1)[0] + " ..."
+
+
 def load(path):
-    """Load one checkpoint file; a corrupt or foreign file is a UserError naming it."""
+    """Load one checkpoint file; a corrupt, altered or foreign file is a UserError naming it."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} not found") from None
     except Exception as err:   # truncated zip, wrong format, pickled objects: all mean "not ours / damaged"
-        raise UserError(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err)[:200]}); it is "
+        raise UserError(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {_short(err)}); it is "
                         f"corrupt or not a checkpoint of this repo: delete it or pick another out_dir") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint written by this repo's train.py (no '{FORMAT}' marker)")
+    if CHECKSUMS in checkpoint:        # (files written before checksums existed have none to check)
+        saved, found = checkpoint[CHECKSUMS], checksums(checkpoint)
+        damaged = sorted(k for k in saved.keys() | found.keys() if saved.get(k) != found.get(k))
+        if damaged:
+            raise UserError(f"checkpoint {path} is damaged: the bytes of {len(damaged)} tensor(s) ("
+                            f"{', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}) do not match the "
+                            f"checksums saved with them, so the file was altered after it was written; delete it")
     return checkpoint
 
 
+def _distinct_files(paths):
+    """paths without the repeats of one file under another name (ckpt.pt is a hard link to a numbered file)."""
+    seen, result = set(), []
+    for path in paths:
+        stat = os.stat(path)
+        if (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            result.append(path)
+    return result
+
+
 def load_latest(out_dir):
-    """The newest loadable checkpoint in out_dir: ckpt.pt, else the numbered files newest first.
-    Returns (checkpoint, path)."""
+    """The newest loadable checkpoint in out_dir: ckpt.pt, else the numbered files newest first. Each file passed
+    over is named on stderr with the reason (once, on rank 0 under torchrun). Returns (checkpoint, path)."""
     candidates = [os.path.join(out_dir, LATEST)] + numbered_files(out_dir)[::-1]
-    candidates = [c for c in candidates if os.path.exists(c)]
+    candidates = _distinct_files([c for c in candidates if os.path.exists(c)])
     if not candidates:
         raise UserError(f"--init_from=resume: no checkpoint in {out_dir!r} (expected {LATEST}); "
                         f"start a run there first, or check --out_dir")
     errors = []
     for path in candidates:
         try:
-            return load(path), path
+            checkpoint = load(path)
         except UserError as err:
             errors.append(str(err))
+            if os.environ.get("RANK", "0") == "0":
+                print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr, flush=True)
+            continue
+        return checkpoint, path
     raise UserError("no loadable checkpoint in " + repr(out_dir) + ":\n  " + "\n  ".join(errors))
 
 

@@ -20,8 +20,15 @@ run_cli turns that into one line on stderr and exit status 2. No asserts, so `py
 import ast
 import dataclasses
 import difflib
+import inspect
+import json
+import math
 import os
+import re
+import signal
 import sys
+import threading
+import time
 import traceback
 import types
 import typing
@@ -81,6 +88,8 @@ def _coerce(key, value, tp, origin):
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
     elif base is float and type(value) in (int, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{origin}: {key} must be a finite number, got {value!r}")
         return float(value)
     elif type(value) is base:
         return value
@@ -98,6 +107,8 @@ def _parse_cli_value(raw, tp):
     base, _ = _split_optional(tp)
     if base is bool and raw in ("true", "false"):
         return raw == "true"
+    if base is float and raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(raw)      # read as the number it names, so that the check says "finite", not "got a str"
     try:
         value = ast.literal_eval(raw)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -178,20 +189,48 @@ def _split_argv(argv, annotations):
     return steps
 
 
-def _usage(annotations, values):
+def _field_comments(config_cls):
+    """{key: the comment on its line in the dataclass source, with the comment-only lines right below it}, for
+    --help; {} where the source cannot be read."""
+    try:
+        source = inspect.getsource(config_cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    comments, current, field_indent = {}, None, 0
+    for line in source.splitlines()[1:]:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        field = re.match(r"(\w+)\s*:", stripped)
+        if field and field.group(1) in names:
+            current, field_indent = field.group(1), indent
+            _, hash_, comment = stripped.rpartition("  # ")    # the field's own comment, after two spaces
+            comments[current] = comment.strip() if hash_ else ""
+        elif stripped.startswith("#") and current and indent > field_indent:   # its comment, continued below
+            comments[current] = (comments[current] + " " + stripped.lstrip("# ").strip()).strip()
+        else:                                                  # a section heading, a blank line, code
+            current = None
+    return comments
+
+
+def _usage(annotations, values, comments, argv):
     prog = os.path.basename(sys.argv[0]) or "train.py"
     key_width = max(map(len, annotations), default=0)
     type_width = max((len(_type_name(tp)) for tp in annotations.values()), default=0)
+    value_width = min(max((len(repr(v)) for v in values.values()), default=0), 24)
+    given = [a for a in argv if a not in ("-h", "--help")]
     lines = [
         f"usage: python {prog} [CONFIG.py ...] [--key=value | --key value ...]",
         "",
         "Config files (Python) and overrides apply left to right; a later one wins.",
         "Values are Python literals (6e-4, True, None, 'text'); strings may be unquoted (--device=cpu).",
         "",
-        f"  {'key':<{key_width}}  {'type':<{type_width}}  default",
+        f"  {'key':<{key_width}}  {'type':<{type_width}}  {'value':<{value_width}}  "
+        + (f"(after {' '.join(given)})" if given else "(the defaults)"),
     ]
     for key, tp in annotations.items():
-        lines.append(f"  {key:<{key_width}}  {_type_name(tp):<{type_width}}  {values[key]!r}")
+        line = f"  {key:<{key_width}}  {_type_name(tp):<{type_width}}  {values[key]!r:<{value_width}}"
+        lines.append((line + "  " + comments[key]) if comments.get(key) else line.rstrip())
     return "\n".join(lines)
 
 
@@ -302,7 +341,8 @@ def load_config(config_cls, argv, defaults=None):
 
     Layers, each checked against the annotations: the dataclass defaults, then `defaults` (an entry point's
     own, e.g. AdamW's learning rate), then argv left to right: config files (.py) and --key=value /
-    --key value overrides. `-h` / `--help` prints every key with its type and default and exits 0.
+    --key value overrides. `-h` / `--help` prints every key with its type, its value after the files and
+    flags given with it, and its description (the comment beside the field), then exits 0.
     Returns (config, applied): applied lists what the user set, e.g. ["config/x.py: learning_rate = 0.0006",
     "--max_iters = 100"], for the caller to print (only rank 0 under torchrun).
     The instance is built last, so a __post_init__ sees the final values and may derive or check more."""
@@ -311,17 +351,18 @@ def load_config(config_cls, argv, defaults=None):
         if key not in annotations:
             raise _unknown_key(key, annotations, "defaults")
         values[key] = _coerce(key, value, annotations[key], "defaults")
-    if "-h" in argv or "--help" in argv:
-        print(_usage(annotations, values))
-        raise SystemExit(0)
+    wants_help = "-h" in argv or "--help" in argv
     applied = []
-    for kind, name, text in _split_argv(argv, annotations):
+    for kind, name, text in _split_argv([a for a in argv if a not in ("-h", "--help")], annotations):
         if kind == "file":
             _run_file(name, annotations, values, applied)
         else:
             value = _parse_cli_value(text, annotations[name])
             values[name] = _coerce(name, value, annotations[name], f"--{name}={text}")
             applied.append(f"--{name} = {values[name]!r}")
+    if wants_help:
+        print(_usage(annotations, values, _field_comments(config_cls), argv))
+        raise SystemExit(0)
     return config_cls(**values), applied
 
 
@@ -330,16 +371,53 @@ def config_to_dict(cfg):
     return dataclasses.asdict(cfg)
 
 
+def _interrupted(err):
+    """Whether a Ctrl-C caused this exception: one raised while a KeyboardInterrupt was being handled (e.g. a
+    file writer failing as the interrupt unwinds it) is the interrupt, not a bug."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def report_error(message):
+    """Print 'error: <message>' on stderr once. Under torchrun every rank fails alike on a bad config, so only
+    the first rank of this node to get here prints it; each also writes it to torchrun's error file, whose
+    summary then shows it as the root cause instead of a pointer to the docs."""
+    line = f"error: {message}"
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")      # set by torchrun for each worker
+    if error_file:
+        try:
+            with open(error_file, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+            # <log dir>/<run>/attempt_<n>/<local rank>/error.json: the attempt's folder is shared by this node's
+            # workers and removed by torchrun
+            marker = os.path.join(os.path.dirname(os.path.dirname(error_file)), "error_reported")
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return                     # another rank of this node has printed it
+        except OSError:
+            pass
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_cli(main_fn, *args, **kwargs):
-    """Call main_fn(*args, **kwargs). A UserError prints 'error: <message>' to stderr and exits with status 2;
-    Ctrl-C exits with status 130; both without a traceback. Anything else propagates normally."""
+    """Call main_fn(*args, **kwargs). A UserError prints 'error: <message>' to stderr (once under torchrun) and
+    exits with status 2; Ctrl-C exits with status 130; both without a traceback. Anything else propagates."""
+    if threading.current_thread() is threading.main_thread():   # the entry points exit quietly while importing
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return main_fn(*args, **kwargs)
     except UserError as e:
         sys.stdout.flush()
-        print(f"error: {e}", file=sys.stderr)
+        report_error(str(e))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as e:
+        if not _interrupted(e):
+            raise
         sys.stdout.flush()
         print("interrupted", file=sys.stderr)
         sys.exit(130)

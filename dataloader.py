@@ -9,6 +9,7 @@ is a pure function of (seed, iteration). Separate streams keep purposes apart: t
 never consumes training batches, so Sophia and AdamW train on identical data.
 """
 
+import difflib
 import os
 
 import numpy as np
@@ -20,6 +21,7 @@ from tokenizer import TokenizerError, read_meta
 TRAIN, HESSIAN, EVAL_TRAIN, EVAL_VAL = 0, 1, 2, 3   # stream ids folded into every seed
 EVAL_SEED = 2357                  # eval batches are the same for every run and seed: comparable val loss
 FULL_CHECK_TOKENS = 1 << 27       # files up to 128M tokens are scanned whole for out-of-vocab ids
+BYTES_CHECK_TOKENS = 1 << 20      # GPT-2 data without meta.json: its first 1M tokens must use ids above 256
 
 
 def derive_seed(*parts):
@@ -42,7 +44,7 @@ class TokenDataset:
         for split in ("train", "val"):
             path = os.path.join(data_dir, f"{split}.bin")
             if not os.path.isfile(path):
-                raise UserError(f"dataset file {path} not found; create it with `{prepare}`")
+                raise UserError(f"dataset file {path} not found; create it with `{prepare}`{_other_datasets(data_dir)}")
             size = os.path.getsize(path)
             if size % 2:
                 raise UserError(f"{path} has an odd size ({size} bytes), so it is not a uint16 token file "
@@ -53,6 +55,17 @@ class TokenDataset:
                                 f"use a smaller --block_size or a bigger dataset")
             self.lengths[split] = n
             self._check_vocab(path, n, prepare)
+        if meta is None:
+            self._check_looks_like_gpt2(prepare)
+
+    def _check_looks_like_gpt2(self, prepare):
+        # without meta.json the tokens are taken as GPT-2 BPE; byte-level data (meta.json lost in a copy: it is
+        # git-ignored) would then train with the wrong vocabulary and report wrong bits per byte
+        head = np.memmap(os.path.join(self.data_dir, "train.bin"), dtype=np.uint16, mode="r")[:BYTES_CHECK_TOKENS]
+        if int(head.max()) <= 256:
+            raise UserError(f"{self.data_dir} has no meta.json, so its tokens would be read as GPT-2 BPE, but the "
+                            f"first {len(head):,} tokens of train.bin are all <= 256, as in byte-level data: copy "
+                            f"the dataset's meta.json beside its .bin files, or recreate them with `{prepare}`")
 
     def _check_vocab(self, path, n, prepare):
         # a foreign file (other tokenizer, other dtype) shows up as ids >= vocab_size; scan small files
@@ -97,6 +110,19 @@ class Sampler:
         starts = self.starts(seed, stream, iter_num, count, split)
         return [(index * size, *self.dataset.windows(split, starts[index * size:(index + 1) * size], self.device))
                 for index in range(self.rank, -(-count // size), self.world)]
+
+
+def _other_datasets(data_dir):
+    """'; did you mean data/<x>?' when a folder beside data_dir holds a dataset (or its prepare.py) with a close
+    name."""
+    parent, name = os.path.split(os.path.normpath(data_dir))
+    try:
+        prepared = [d for d in os.listdir(parent or ".") if any(os.path.isfile(os.path.join(parent, d, f))
+                                                                 for f in ("train.bin", "prepare.py"))]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, prepared, n=1, cutoff=0.6)
+    return f"; did you mean {os.path.join(parent, close[0])}?" if close else ""
 
 
 def _prepare_command(data_dir):

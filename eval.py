@@ -21,10 +21,15 @@ when --max_tokens cuts the split short):
                     equal to bits_per_token for the bytes tokenizer, comparable across tokenizers
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Literal

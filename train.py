@@ -19,6 +19,12 @@ Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints (see 
 with wandb_log=True, a wandb run that a resumed run continues.
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
 import gc
 import hashlib
 import json
@@ -26,10 +32,9 @@ import math
 import os
 import platform
 import random
+import re
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -45,7 +50,7 @@ import checkpoint
 import devices
 from configurator import UserError, config_to_dict, load_config
 from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
-from lion import Lion
+from lion import FOREACH_DEVICES as LION_FOREACH_DEVICES, Lion
 from model import GPT, GPTConfig
 from sophia import SophiaG, SophiaH, gnb_loss, hutchinson_estimate
 from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
@@ -73,6 +78,8 @@ class TrainConfig:
     always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
     init_from: Literal["scratch", "resume"] = "scratch"
+    resume_override: str | None = None      # on resume: experiment keys allowed to differ from the checkpoint's,
+                                            # comma-separated (e.g. "rho,learning_rate"); see RESUMABLE_KEYS
     # wandb
     wandb_log: bool = False
     wandb_project: str = "sophia"
@@ -116,11 +123,27 @@ class TrainConfig:
     # system
     device: str = "auto"                    # auto: cuda if available, else cpu; or cpu, cuda, cuda:1, mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool | None = None             # None: torch.compile on CUDA only
+    compile: bool | None = None             # None: torch.compile on CUDA only; False also keeps Sophia's step
+                                            # off its compiled (fused) kernel
+    threads: int | None = None              # CPU threads per process; None: torch's default (torchrun: 1).
+                                            # 1 on a shared or busy machine: tiny models on 2 contended
+                                            # threads ran 10-25x slower
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
     fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
                                             # over the processes (FSDP2) instead of replicating them (DDP)
     seed: int = 1337
+
+
+# Keys a resumed run may change: how it runs and is observed, not what it computes (the batches are a function
+# of the seed and the iteration, whatever the micro-batch and process layout). Any other key changes the
+# experiment and is refused on resume, unless resume_override names it; the model's shape and the optimizer
+# never change.
+RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
+                  "keep_last", "init_from", "resume_override", "wandb_log", "wandb_project", "wandb_run_name",
+                  "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
+                  "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
+NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias"}
+DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,6 +194,8 @@ def resolve(cfg, world_size):
                         f"{cfg.batch_size} x {world_size} process(es) = "
                         f"{cfg.gradient_accumulation_steps * per_step} sequences, but total_bs={cfg.total_bs}; "
                         f"use --gradient_accumulation_steps={grad_accum} or leave it unset (derived)")
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise UserError(f"threads must be a positive integer (or None: torch's default), got {cfg.threads}")
     if cfg.fsdp and cfg.optimizer_name == "sophiah":
         raise UserError("optimizer_name='sophiah' cannot run with fsdp=True: its Hessian-vector product needs a "
                         "double backward, which FSDP's gradient hooks do not support; use DDP (--fsdp=False)")
@@ -197,17 +222,19 @@ def get_lr(it, cfg):
 
 
 def build_optimizer(cfg, model):
+    """The optimizer over model.param_groups (weight decay on Linear weights only). optimizer_impl=auto leaves
+    the code path to the optimizer, except that compile=False keeps Sophia off its compiled kernel."""
     groups = model.param_groups(cfg.weight_decay)
     betas = (cfg.beta1, cfg.beta2)
-    path = {"auto": {}, "single": dict(foreach=False, fused=False), "foreach": dict(foreach=True),
-            "fused": dict(fused=True)}[cfg.optimizer_impl]
+    path = {"auto": {} if cfg.compile else dict(fused=False), "single": dict(foreach=False, fused=False),
+            "foreach": dict(foreach=True), "fused": dict(fused=True)}[cfg.optimizer_impl]
     if cfg.optimizer_name == "sophiag":
         return SophiaG(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
     if cfg.optimizer_name == "sophiah":
         return SophiaH(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
     if cfg.optimizer_name == "lion":
         return Lion(groups, lr=cfg.learning_rate, betas=betas, foreach=path.get("foreach"))
-    if cfg.optimizer_impl == "auto":   # torch's fused AdamW kernel exists on CPU and CUDA
+    if cfg.optimizer_impl == "auto":   # torch's fused AdamW kernel (native, not compiled) exists on CPU and CUDA
         path = dict(fused=True) if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, **path)
 
@@ -236,6 +263,8 @@ class Run:
                 torch.cuda.set_device(self.device)
             dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None)
         devices.configure(self.device)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         self.autocast = devices.autocast(self.device, cfg.dtype)
 
     def all_mean(self, tensor):
@@ -252,11 +281,11 @@ class Run:
 
 
 class StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop finishes the current step, checkpoints and exits cleanly.
-    A second Ctrl-C interrupts at once (checkpoint files stay intact: writes are atomic)."""
+    """SIGTERM / SIGINT set a flag, said at once on stderr; the loop finishes the current step, checkpoints and
+    exits cleanly. A second Ctrl-C interrupts at once (checkpoint files stay intact: writes are atomic)."""
 
-    def __init__(self):
-        self.signal = None
+    def __init__(self, announce=True):
+        self.signal, self.announce = None, announce
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def restore(self):
@@ -267,6 +296,9 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
+        if self.announce:
+            print(f"{self.signal}: stopping after this step, then checkpointing (Ctrl-C again to stop at once; "
+                  f"the checkpoints on disk stay intact)", file=sys.stderr, flush=True)
 
     def agreed(self, run):
         """Whether any rank was asked to stop (all ranks must leave the loop together)."""
@@ -295,15 +327,16 @@ def main(argv=None, defaults=None):
 
 def make_trainer(argv, defaults=None):
     cfg, applied = load_config(TrainConfig, argv, defaults)
+    derived = {key for key, value in vars(cfg).items() if value is None}    # filled in by resolve()
     run = Run()
     grad_accum = resolve(cfg, run.world)
     run.setup_device(cfg)
-    return Trainer(cfg, run, grad_accum, applied)
+    return Trainer(cfg, run, grad_accum, applied, derived)
 
 
 class Trainer:
-    def __init__(self, cfg, run, grad_accum, applied):
-        self.cfg, self.run, self.grad_accum = cfg, run, grad_accum
+    def __init__(self, cfg, run, grad_accum, applied, derived=()):
+        self.cfg, self.run, self.grad_accum, self.derived = cfg, run, grad_accum, set(derived)
         for line in applied:
             run.print(f"config: {line}")
         self.sophia = cfg.optimizer_name in ("sophiag", "sophiah")
@@ -331,9 +364,9 @@ class Trainer:
             raise UserError(str(err)) from None
         torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
         # counters saved in checkpoints, so a resumed run logs exactly what a straight run logs
-        self.state = dict(iter_num=0, best_val_loss=float("inf"), clipped_steps=0, skipped_steps=0,
-                          train_time=0.0, wandb_run_id=None, diagnostics={})
-        self.resumed_from = None
+        self.state = dict(iter_num=0, tokens=0, best_val_loss=float("inf"), clipped_steps=0, skipped_steps=0,
+                          train_time=0.0, compile_time=0.0, cpu_time=0.0, wandb_run_id=None, diagnostics={})
+        self.resumed_from, self.resume_overrides = None, {}
         ckpt = self._load_checkpoint() if cfg.init_from == "resume" else None   # loads the weights
         # the model to run forward/backward through. DDP: raw_model compiled, then wrapped. FSDP: raw_model
         # itself, its blocks compiled and every parameter sharded in place. Checkpoints hold raw_model, unsharded.
@@ -350,22 +383,37 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
         if ckpt is not None:
             self._restore(ckpt)
-        self.stop = StopRequest()
+        self.stop = StopRequest(announce=run.master)
         self.wandb = None
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
                   f"{run.world} process(es){' (FSDP)' if self.fsdp else ''} x {cfg.batch_size} sequences x "
                   f"{grad_accum} accumulation steps = "
                   f"{cfg.total_bs} sequences = {self.tokens_per_iter:,} tokens per iteration; device "
-                  f"{run.device}, {cfg.dtype}, compile={cfg.compile}")
+                  f"{run.device}, {cfg.dtype}, compile={cfg.compile}, optimizer step: {self._step_path()}")
 
     # ---------------------------------------------------------------------------------------- setup
+
+    def _step_path(self):
+        """The optimizer's code path, as the first line reports it (a compiled one costs time at the first step)."""
+        if self.sophia:
+            path = self.optimizer._choose_path(self.optimizer.param_groups[0])
+            return "fused (torch.compile'd at the first step, not counted in `time`)" if path == "fused" else path
+        if isinstance(self.optimizer, torch.optim.AdamW):
+            return "fused" if self.optimizer.defaults.get("fused") else "foreach"
+        foreach = self.optimizer.defaults["foreach"]     # Lion: None picks foreach on GPUs, as torch.optim does
+        if foreach is None:
+            foreach = all(p.device.type in LION_FOREACH_DEVICES for p in self.raw_model.parameters())
+        return "foreach" if foreach else "single"
 
     def _prepare_out_dir(self):
         cfg = self.cfg
         if cfg.init_from == "scratch" and checkpoint.has_checkpoint(cfg.out_dir):
             raise UserError(f"out_dir {cfg.out_dir!r} already holds a run's checkpoints; continue it with "
                             f"--init_from=resume, or pass another --out_dir (delete the folder to start over)")
+        if cfg.init_from == "resume" and not checkpoint.has_checkpoint(cfg.out_dir):   # before creating anything
+            raise UserError(f"--init_from=resume: no checkpoint in {cfg.out_dir!r} (expected {checkpoint.LATEST}); "
+                            f"start a run there first, or check --out_dir")
         if not self.run.master:
             return
         try:
@@ -378,8 +426,12 @@ class Trainer:
             raise UserError(f"out_dir {cfg.out_dir!r} is not writable ({err.strerror}); "
                             f"pass a writable --out_dir") from None
         metrics = os.path.join(cfg.out_dir, "metrics.jsonl")
-        if cfg.init_from == "scratch" and os.path.exists(metrics):
-            os.replace(metrics, os.path.join(cfg.out_dir, "metrics.old.jsonl"))   # a run that never checkpointed
+        if cfg.init_from == "scratch" and os.path.exists(metrics):   # from a run that never checkpointed
+            kept = next(path for n in range(1, 10 ** 6) if not os.path.exists(
+                path := os.path.join(cfg.out_dir, "metrics.old.jsonl" if n == 1 else f"metrics.old{n}.jsonl")))
+            os.replace(metrics, kept)
+            self.run.print(f"moved the metrics.jsonl of an earlier run in {cfg.out_dir} that wrote no checkpoint "
+                           f"to {kept}")
 
     def _load_checkpoint(self):
         """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding)."""
@@ -393,9 +445,36 @@ class Trainer:
         if ckpt["config"]["optimizer_name"] != self.cfg.optimizer_name:
             raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
                             f"{ckpt['config']['optimizer_name']!r}, not {self.cfg.optimizer_name!r}")
+        self.resume_overrides = self._check_resumed_config(ckpt["config"], path)
         self.raw_model.load_state_dict(ckpt["model"])
         ckpt["path"] = path
         return ckpt
+
+    def _check_resumed_config(self, saved, path):
+        """Refuse a resume that changes the experiment (any key outside RESUMABLE_KEYS, compared after the None
+        defaults are filled), unless resume_override names those keys. Returns {key: [saved, now]} allowed."""
+        now = config_to_dict(self.cfg)
+        allowed = {k.strip() for k in (self.cfg.resume_override or "").split(",") if k.strip()}
+        unknown = sorted(k for k in allowed if k not in now or k in RESUMABLE_KEYS | NEVER_OVERRIDDEN)
+        if unknown:
+            raise UserError(f"--resume_override={self.cfg.resume_override}: {', '.join(unknown)} cannot be named "
+                            f"there (only keys that change the experiment, and not the model's shape or the "
+                            f"optimizer); the others may change on resume anyway")
+        changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RESUMABLE_KEYS and saved[k] != v}
+        # a key left at None follows its source (min_lr = 0.05 x learning_rate): allowing the source allows it
+        source = {k: DERIVED_FROM.get(k, k) if k in self.derived else k for k in changed}
+        refused = {k: v for k, v in changed.items() if source[k] not in allowed}
+        if refused:
+            listed = ", ".join(f"{k}={old!r} in the checkpoint, {new!r} now" + (
+                f" (it follows {source[k]})" if source[k] != k else "") for k, (old, new) in refused.items())
+            hint = " (lr_decay_iters follows max_iters when unset: pass the checkpoint's value)" \
+                if "lr_decay_iters" in refused else ""
+            names = ",".join(dict.fromkeys(source[k] for k in refused if source[k] not in RESUMABLE_KEYS))
+            raise UserError(f"cannot resume from {path}: it would change the experiment: {listed}{hint}; resume "
+                            f"with the checkpoint's values" + (f", allow the change with --resume_override={names}"
+                                                               if names else "") +
+                            ", or start a new run in another --out_dir")
+        return changed
 
     def _restore(self, ckpt):
         """Optimizer, scaler, counters and RNG states from the checkpoint."""
@@ -404,6 +483,8 @@ class Trainer:
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state.update(ckpt["state"])
+        if "tokens" not in ckpt["state"]:    # written before the count was kept: every step had the saved batch
+            self.state["tokens"] = self.state["iter_num"] * ckpt["config"]["total_bs"] * ckpt["config"]["block_size"]
         self._set_rng_state(ckpt["rng"])
         self.resumed_from = self.state["iter_num"]
         self.run.print(f"resuming from {ckpt['path']} at iteration {self.resumed_from}")
@@ -622,12 +703,12 @@ class Trainer:
             return
         record = {"event": event, "iter": iter_num, **values}
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")   # NaN / Inf are written as null
         if self.wandb is not None and event != "run":
             self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
 
     def start_logging(self):
-        cfg = self.cfg
+        cfg, run = self.cfg, self.run
         config = config_to_dict(cfg)
         if self.run.master and cfg.wandb_log:
             try:
@@ -645,8 +726,15 @@ class Trainer:
             for tensor in self.raw_model.state_dict().values():     # FSDP: gathered on every rank
                 digest.update(full_tensor(tensor).detach().cpu().numpy().tobytes())
             fingerprint["init_sha256"] = digest.hexdigest()[:16]
+        if self.resume_overrides:
+            run.print("resuming with changed settings (--resume_override): " + ", ".join(
+                f"{k} {old!r} -> {new!r}" for k, (old, new) in self.resume_overrides.items()))
+            if self.wandb is not None:
+                self.wandb.config.update({f"resume_override/{self.resumed_from}": self.resume_overrides},
+                                         allow_val_change=True)
         self.log("run", self.state["iter_num"], dict(name=cfg.wandb_run_name, config=config,
-                                                      resumed_from=self.resumed_from, world_size=self.run.world,
+                                                      resumed_from=self.resumed_from, world_size=run.world,
+                                                      resume_overrides=self.resume_overrides or None,
                                                       code=self.code, **fingerprint))
 
     def save_checkpoint(self, is_best):
@@ -682,24 +770,45 @@ class Trainer:
             self.state["best_val_loss"] = losses["val"]
         self.run.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         self.log("eval", iter_num, {"val/loss": losses["val"], "eval/train_loss": losses["train"],
-                                    "tokens": iter_num * self.tokens_per_iter, "time": self.state["train_time"],
+                                    "tokens": self.state["tokens"], "time": self.state["train_time"],
                                     "lr": get_lr(iter_num, self.cfg)})
         # a resumed run re-evaluates where it starts; the checkpoint it came from is already on disk
         if iter_num > 0 and iter_num != self.resumed_from and (final or improved or self.cfg.always_save_checkpoint):
-            self.save_checkpoint(improved)
+            if math.isfinite(losses["val"]):
+                self.save_checkpoint(improved)
+            else:   # a diverged model must not rotate good checkpoints out under keep_last
+                self.run.print(f"not saving a checkpoint at iteration {iter_num}: the val loss is {losses['val']} "
+                               f"(the previous checkpoints are kept)")
 
     # ---------------------------------------------------------------------------------------- loop
 
     def train(self):
         try:
             self._train()
+        except RuntimeError as err:       # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
+            if not is_out_of_memory(err):
+                raise
+            raise UserError(self._out_of_memory_message(err)) from None
         finally:
             self.stop.restore()
             if self.wandb is not None:
                 self.wandb.finish()
 
+    def _out_of_memory_message(self, err):
+        cfg = self.cfg
+        asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)|you tried to allocate (\d+) bytes", str(err))
+        asked = "" if asked is None else f", asking for {asked.group(1) or f'{int(asked.group(2)) / 2**20:,.0f} MiB'}"
+        return (f"out of memory at iteration {self.state['iter_num']} on {self.run.device}, with micro-batches of "
+                f"{cfg.batch_size} x {cfg.block_size} tokens{asked}: lower --batch_size (gradient accumulation is "
+                f"derived, so total_bs={cfg.total_bs} stays), or shard the model with --fsdp=True under torchrun; "
+                f"the README's 'DDP or FSDP' says what each model size needs. The checkpoints on disk are intact")
+
     def _train(self):
         cfg, run, state = self.cfg, self.run, self.state
+        if self.resumed_from is not None and self.resumed_from >= cfg.max_iters and not cfg.eval_only:
+            run.print(f"{cfg.out_dir} is already at iteration {self.resumed_from}, max_iters={cfg.max_iters}: "
+                      f"nothing to train (pass a larger --max_iters to continue it)")
+            return
         self.start_logging()
         skipped_in_a_row = 0
         while True:
@@ -708,7 +817,7 @@ class Trainer:
                 self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
             if iter_num >= cfg.max_iters or cfg.eval_only:
                 break
-            t0 = time.perf_counter()
+            t0, compiled_before, cpu_before = time.perf_counter(), compile_seconds(), time.process_time()
             lr = get_lr(iter_num, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -728,8 +837,13 @@ class Trainer:
                 self.hessian_refresh(iter_num)
                 state["diagnostics"] = self.hessian_stats()
             state["iter_num"] = iter_num + 1
-            dt = time.perf_counter() - t0
+            state["tokens"] += self.tokens_per_iter
+            # time spent compiling (the model's first passes, Sophia's fused step) is kept out of the timings
+            compiling = compile_seconds() - compiled_before
+            dt = max(time.perf_counter() - t0 - compiling, 1e-9)
             state["train_time"] += dt
+            state["compile_time"] += compiling
+            state["cpu_time"] += time.process_time() - cpu_before
             if iter_num % cfg.log_interval == 0:
                 self._log_step(iter_num, loss, grad_norm, lr, dt)
             if skipped_in_a_row >= 20:
@@ -759,13 +873,39 @@ class Trainer:
                   **self.norms()}
         if self.sophia:   # win_rate is 0 until the first refresh, as upstream logs it
             record.update({"train/win_rate": 0.0, "hessian_norm": 0.0, "hessian_norm2": 0.0}, **state["diagnostics"])
-        record.update(tokens=steps * self.tokens_per_iter, time=state["train_time"], tokens_per_sec=tokens_per_sec,
-                      iter_time_ms=dt * 1000, mfu=mfu)
+        record.update(tokens=state["tokens"], time=state["train_time"], cpu_time=state["cpu_time"],
+                      compile_time=state["compile_time"], tokens_per_sec=tokens_per_sec, iter_time_ms=dt * 1000,
+                      mfu=mfu)
         self.log("train", iter_num, record)
         extra = f", win_rate {record['train/win_rate']:.3f}" if self.sophia else ""
         self.run.print(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad_norm {grad_norm:.3f}{extra}, "
                        f"{dt * 1000:.0f} ms, {tokens_per_sec:,.0f} tok/s, "
                        f"mfu {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
+
+
+def compile_seconds():
+    """Seconds torch.compile has spent compiling in this process so far (dynamo's own count; 0 if unavailable)."""
+    try:
+        return torch._dynamo.utils.calculate_time_spent().get("total_wall_time", 0.0)
+    except Exception:   # a private counter: never let it break a run
+        return 0.0
+
+
+def is_out_of_memory(err):
+    """torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def json_safe(value):
+    """value with every non-finite float replaced by None, so that metrics.jsonl is strict JSON (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def code_info():

@@ -95,8 +95,11 @@ def load_run(run_dir):
         raise plot.MetricsError(f"{run_dir}: no evaluation or run record in its metrics.jsonl")
     cfg = info["config"]
     sophia = cfg["optimizer_name"] in ("sophiag", "sophiah")
+    iteration_ms = [r["iter_time_ms"] for r in train_rows if r.get("iter_time_ms") is not None]
     return dict(name=cfg["optimizer_name"], lr=cfg["learning_rate"], rho=cfg["rho"] if sophia else None,
                 seed=cfg["seed"], dir=run_dir, wall_s=None, train_s=train_rows[-1]["time"],
+                cpu_s=train_rows[-1].get("cpu_time"), iterations=train_rows[-1]["iter"] + 1,
+                median_iteration_ms=statistics.median(iteration_ms) if iteration_ms else None,
                 final_val=eval_rows[-1]["val/loss"], curve=[(r["iter"], r["val/loss"]) for r in eval_rows],
                 win_rate=train_rows[-1].get("train/win_rate"), config=cfg, init=info.get("init_sha256"),
                 data=info.get("data"))
@@ -154,10 +157,27 @@ def speedup(adamw_curve, curve):
 
 
 def mean_ci(values):
-    """Mean and the half-width of its 95% t-interval."""
+    """Mean and the half-width of its 95% t-interval (None for a single value: there is no interval)."""
     if len(values) < 2:
-        return values[0], float("nan")
+        return values[0], None
     return statistics.mean(values), T_975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+
+
+NOISE_LIMIT = 1.25   # a run whose mean iteration time exceeds its median by more than this was slowed by stalls
+
+
+def timing_is_noisy(run):
+    """Whether a run's wall time is not its own steady pace: its mean iteration time (the logged training time
+    over the iterations) against the median of its logged iteration times. Machine load shows up as long
+    stalls, which move the mean and not the median."""
+    if not run.get("median_iteration_ms"):
+        return False
+    mean_ms = 1000 * run["train_s"] / run["iterations"]
+    return mean_ms > NOISE_LIMIT * run["median_iteration_ms"]
+
+
+def plus_minus(value, half_width, unit=""):
+    return f"{value:.2f}{unit}" + (" (one seed)" if half_width is None else f" ± {half_width:.2f}")
 
 
 def analyse(best_runs):
@@ -171,9 +191,12 @@ def analyse(best_runs):
         wall = [s * adamw[r["seed"]]["train_s"] / r["train_s"] for s, r in zip(steps, runs)]
         rows[name] = dict(lr=runs[0]["lr"], rho=runs[0]["rho"], seeds=[r["seed"] for r in runs],
                           final_mean=statistics.mean(finals),
-                          final_std=statistics.stdev(finals) if len(finals) > 1 else float("nan"),
+                          final_std=statistics.stdev(finals) if len(finals) > 1 else None,
                           speedup_per_seed=steps, speedup=mean_ci(steps), wall_speedup=mean_ci(wall),
                           train_s=statistics.mean(r["train_s"] for r in runs),
+                          cpu_s=statistics.mean(r["cpu_s"] for r in runs) if runs[0].get("cpu_s") else None,
+                          noisy_timing=sorted({os.path.basename(r["dir"]) for r in runs + list(adamw.values())
+                                               if timing_is_noisy(r)}),
                           wall_s=statistics.mean(r["wall_s"] for r in runs) if runs[0]["wall_s"] else None,
                           win_rate=statistics.mean(r["win_rate"] for r in runs) if runs[0]["win_rate"] is not None
                           else None)
@@ -188,16 +211,27 @@ def markdown(rows, cfg):
              f"this optimizer needs to reach the loss both reach (> 1: faster than AdamW), paired by seed.",
              "",
              "| optimizer | best lr | ρ | final val loss (mean ± std) | speed-up in steps, per seed "
-             "| speed-up in steps (95% CI) | speed-up in wall time | win rate | train s / run | wall s / run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| speed-up in steps (95% CI) | speed-up in wall time | win rate | train s / run | CPU s / run "
+             "| wall s / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    noisy = []
     for name, r in rows.items():
         per_seed = ", ".join(f"{x:.2f}" for x in r["speedup_per_seed"])
         rho = "" if r["rho"] is None else f"{r['rho']:g}"
         win = "" if r["win_rate"] is None else f"{r['win_rate']:.3f}"
         wall = "" if r["wall_s"] is None else f"{r['wall_s']:.1f}"
-        lines.append(f"| {name} | {r['lr']:g} | {rho} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {per_seed} "
-                     f"| {r['speedup'][0]:.2f}x ± {r['speedup'][1]:.2f} | {r['wall_speedup'][0]:.2f}x "
-                     f"± {r['wall_speedup'][1]:.2f} | {win} | {r['train_s']:.1f} | {wall} |")
+        cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
+        std = "n/a" if r["final_std"] is None else f"{r['final_std']:.4f}"
+        mark = " †" if r.get("noisy_timing") else ""
+        noisy += r.get("noisy_timing") or []
+        lines.append(f"| {name} | {r['lr']:g} | {rho} | {r['final_mean']:.4f} ± {std} | {per_seed} "
+                     f"| {plus_minus(*r['speedup'], 'x')} | {plus_minus(*r['wall_speedup'], 'x')}{mark} | {win} "
+                     f"| {r['train_s']:.1f} | {cpu} | {wall} |")
+    if noisy:
+        lines += ["", f"† The wall time of {', '.join(sorted(set(noisy)))} is not its steady pace: the mean "
+                      f"iteration time exceeds the run's own median by more than {NOISE_LIMIT:g}x (stalls from "
+                      f"machine load), so that wall-time speed-up is noise; trust the speed-up in steps, or rerun "
+                      f"the runs on an idle machine."]
     return "\n".join(lines) + "\n"
 
 

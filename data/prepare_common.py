@@ -15,15 +15,29 @@ so a crash never leaves a half-written file under a final name.
 
 import json
 import os
+import sys
 
 import numpy as np
 
 SPLITS = ("train", "val")
 
 
+MIN_VAL_DOCUMENTS, MIN_VAL_TOKENS = 100, 100_000
+
+
 def fail(message):
-    """End the script with one clear message (to stderr) and exit status 1, no traceback."""
-    raise SystemExit(f"error: {message}")
+    """End the script with one clear message on stderr and exit status 2 (as train.py, eval.py and sample.py do
+    for a user error), no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def warn_if_small_val(documents, tokens, val_fraction):
+    """A validation split this small gives a noisy val loss: say so, with the fix."""
+    if documents < MIN_VAL_DOCUMENTS or tokens < MIN_VAL_TOKENS:
+        print(f"warning: the val split holds only {documents:,} document(s), {tokens:,} tokens, so its loss will be "
+              f"noisy; raise --val_fraction (now {val_fraction:g}) for at least {MIN_VAL_DOCUMENTS} documents and "
+              f"{MIN_VAL_TOKENS:,} tokens", file=sys.stderr)
 
 
 def documents_to_arrays(token_lists, eot_token):

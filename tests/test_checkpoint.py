@@ -84,3 +84,43 @@ def test_damaged_foreign_and_missing_files_are_user_errors(tmp_path):
         checkpoint.load(str(tmp_path / "nope.pt"))
     with pytest.raises(UserError, match="no checkpoint in"):
         checkpoint.load_latest(str(tmp_path / "empty"))
+
+
+def alter_bytes_of(path, tensor, count=400):
+    """XOR `count` bytes in the middle of `tensor`'s data inside the checkpoint file at `path`, in place."""
+    data = bytearray(open(path, "rb").read())
+    needle = tensor.contiguous().view(torch.uint8).numpy().tobytes()[:64]
+    start = data.find(needle)
+    assert start >= 0 and data.find(needle, start + 1) < 0       # found, and only once
+    for i in range(start + 64, start + 64 + count):
+        data[i] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+
+
+def test_altered_tensor_bytes_are_detected_and_skipped_with_a_message(tmp_path, capsys):
+    older, newer = torch.randn(10_000), torch.randn(10_000)
+    for it, weights in [(10, older), (20, newer)]:
+        checkpoint.save(str(tmp_path), dict(format=checkpoint.FORMAT, iter_num=it, model={"w": weights}),
+                        keep_last=2, is_best=False)
+    alter_bytes_of(tmp_path / "ckpt_0000020.pt", newer)          # ckpt.pt is the same file (a hard link)
+    with pytest.raises(UserError, match=r"damaged: the bytes of 1 tensor\(s\) \(model/w\) do not match"):
+        checkpoint.load(str(tmp_path / "ckpt.pt"))
+    capsys.readouterr()
+    ckpt, path = checkpoint.load_latest(str(tmp_path))
+    assert ckpt["iter_num"] == 10 and torch.equal(ckpt["model"]["w"], older)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "ckpt.pt is damaged" in err and "trying the previous checkpoint" in err
+
+
+def test_checkpoints_without_checksums_still_load(tmp_path):
+    torch.save(dict(format=checkpoint.FORMAT, iter_num=3, model={"w": torch.ones(2)}), tmp_path / "old.pt")
+    assert checkpoint.load(str(tmp_path / "old.pt"))["iter_num"] == 3
+
+
+def test_load_errors_are_one_readable_line(tmp_path):
+    torch.save({"format": checkpoint.FORMAT, "obj": argparse.Namespace(x=1)}, tmp_path / "pickle.pt")
+    with pytest.raises(UserError) as info:
+        checkpoint.load(str(tmp_path / "pickle.pt"))
+    message = str(info.value)
+    assert "\x1b" not in message and "\n" not in message                 # torch's colour codes and paragraphs
+    assert message.endswith("delete it or pick another out_dir")           # not cut mid-sentence

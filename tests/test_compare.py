@@ -63,17 +63,21 @@ def test_fairness_check_catches_any_shared_difference():
         co.check_fairness([runs[0], other_data])
 
 
-def write_finished_run(out_dir, optimizer, lr, seed, time_scale, train_seconds):
-    """The metrics.jsonl a config/compare_tiny.py run writes, with a val loss of 2 + 3·exp(-t / time_scale)."""
+def write_finished_run(out_dir, optimizer, lr, seed, time_scale, train_seconds, stall_seconds=0.0):
+    """The metrics.jsonl a config/compare_tiny.py run writes, with a val loss of 2 + 3·exp(-t / time_scale), a
+    steady pace of train_seconds per run, and a stall of stall_seconds in its middle iteration."""
     cfg, _ = load_config(train.TrainConfig, ["config/compare_tiny.py", f"--optimizer_name={optimizer}",
                                              f"--learning_rate={lr}", f"--seed={seed}", f"--out_dir={out_dir}"])
     train.resolve(cfg, world_size=1)
     loss = lambda t: 2 + 3 * math.exp(-t / time_scale)  # noqa: E731
     records = [dict(event="run", iter=0, name=optimizer, config=config_to_dict(cfg), init_sha256=f"init{seed}",
                     data=dict(dir=str(out_dir.parent / "data"), train=1000, val=100))]
+    pace = train_seconds / cfg.max_iters
     for it in range(cfg.max_iters):
+        stalled = stall_seconds if it >= cfg.max_iters // 2 else 0.0
         records.append({"event": "train", "iter": it, "train/loss": loss(it) + 0.1, "lr": lr, "train/clip_rate": 0.1,
-                        "time": train_seconds * (it + 1) / cfg.max_iters,
+                        "time": pace * (it + 1) + stalled, "cpu_time": 0.9 * pace * (it + 1),
+                        "iter_time_ms": 1000 * (pace + (stall_seconds if it == cfg.max_iters // 2 else 0.0)),
                         **({"train/win_rate": 0.2} if optimizer == "sophiag" else {})})
     records += [{"event": "eval", "iter": it, "val/loss": loss(it)} for it in range(0, cfg.max_iters + 1, 25)]
     out_dir.mkdir(parents=True)
@@ -113,6 +117,22 @@ def test_report_on_finished_runs(tmp_path):
     proc = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={out}", "--runs", str(runs[0]),
                            str(other)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "trained on other data" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_seed_and_stalled_timings_are_flagged_not_reported_as_intervals(tmp_path):
+    runs = [write_finished_run(tmp_path / "adamw", "adamw", 4e-3, 0, 100, 20.0),
+            write_finished_run(tmp_path / "sophiag", "sophiag", 2.5e-4, 0, 200, 25.0, stall_seconds=30.0)]
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "bench/compare_optimizers.py", f"--out={out}", "--runs", *map(str, runs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = (out / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| sophiag"))
+    assert "± n/a" in row and "0.50x (one seed)" in row and "nan" not in table
+    assert "x (one seed) †" in row and "† The wall time of sophiag is not its steady pace" in table
+    assert "| 55.0 | 22.5 |" in row     # training seconds (25 s of pace + a 30 s stall) and CPU seconds beside
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows["sophiag"]["noisy_timing"] == ["sophiag"] and rows["adamw"]["noisy_timing"] == []
 
 
 @pytest.mark.slow

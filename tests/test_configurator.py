@@ -393,6 +393,56 @@ def test_unreadable_file_is_a_clean_error(tmp_path):
     assert str(path) in msg
 
 
+@pytest.mark.parametrize("arg", ["--learning_rate=nan", "--learning_rate=inf", "--learning_rate=-Infinity",
+                                 "--learning_rate=1e999", "--dropout=NaN"])
+def test_non_finite_numbers_are_refused_naming_the_key(arg):
+    key = arg[2:].split("=")[0]
+    assert f"{key} must be a finite number" in error(arg)
+
+
+def test_non_finite_number_in_a_file_names_file_line_and_key(tmp_path):
+    msg = error(write(tmp_path, "c.py", "batch_size = 4\nlearning_rate = float('nan')\n"))
+    assert "c.py, line 2" in msg and "learning_rate must be a finite number, got nan" in msg
+
+
+def test_help_shows_the_values_after_the_given_files_and_each_keys_comment(tmp_path, capsys):
+    path = write(tmp_path, "c.py", "batch_size = 3\n")
+    with pytest.raises(SystemExit) as info:
+        load_config(Cfg, [path, "--help", "--max_iters=7"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[6:]}
+    assert rows["batch_size"].split()[2] == "3" and rows["max_iters"].split()[2] == "7"
+    assert rows["dropout"].endswith("an int default is normalised to 0.0")     # the comment beside the field
+    assert f"(after {path} --max_iters=7)" in out
+
+
+def test_an_exception_raised_while_a_ctrl_c_unwinds_is_the_interrupt(capsys):
+    def writer_failing_under_interrupt():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("PytorchStreamWriter failed writing file")   # a file writer torn down mid-write
+    with pytest.raises(SystemExit) as info:
+        run_cli(writer_failing_under_interrupt)
+    assert info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    with pytest.raises(RuntimeError, match="a real bug"):       # without an interrupt behind it, a bug stays one
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a real bug")))
+
+
+def test_under_torchrun_the_error_is_printed_once_and_written_for_the_summary(tmp_path, monkeypatch, capsys):
+    attempt = tmp_path / "run" / "attempt_0"
+    for rank in (0, 1):
+        (attempt / str(rank)).mkdir(parents=True)
+    for rank in (1, 0):          # the first rank to fail prints; the other only writes its error file
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / str(rank) / "error.json"))
+        with pytest.raises(SystemExit) as info:
+            run_cli(lambda: (_ for _ in ()).throw(ConfigError("--x: broken")))
+        assert info.value.code == 2
+        assert json.loads((attempt / str(rank) / "error.json").read_text())["message"] == "error: --x: broken"
+    assert capsys.readouterr().err == "error: --x: broken\n"
+
+
 # -----------------------------------------------------------------------------
 # include(): config files built from other config files
 

@@ -59,3 +59,23 @@ def test_missing_or_too_short_split(tmp_path, data_dir):
     (tmp_path / "val.bin").write_bytes(np.zeros(64, np.uint16).tobytes())
     with pytest.raises(UserError, match="not more than block_size=64"):
         TokenDataset(str(tmp_path), block_size=64)
+
+
+def test_byte_level_data_without_meta_json_is_refused(tmp_path, data_dir):
+    """meta.json is git-ignored, so a copy of only the .bin files happens: read as GPT-2 BPE, byte-level tokens
+    would train with the wrong vocabulary and report a wrong bits-per-byte."""
+    for name in ("train.bin", "val.bin"):
+        (tmp_path / name).write_bytes((data_dir / name).read_bytes())
+    with pytest.raises(UserError, match="no meta.json.*all <= 256, as in byte-level data: copy the dataset's meta"):
+        TokenDataset(str(tmp_path), block_size=64)
+    gpt2_like = np.random.default_rng(0).integers(0, 50257, size=20_000).astype(np.uint16)
+    for name in ("train.bin", "val.bin"):
+        (tmp_path / name).write_bytes(gpt2_like.tobytes())
+    assert TokenDataset(str(tmp_path), block_size=64).vocab_size == 50257      # GPT-2 data need no meta.json
+
+
+def test_a_misspelled_dataset_gets_a_suggestion(tmp_path):
+    (tmp_path / "stdlib").mkdir()
+    (tmp_path / "stdlib" / "prepare.py").write_text("")
+    with pytest.raises(UserError, match=f"did you mean {tmp_path / 'stdlib'}"):
+        TokenDataset(str(tmp_path / "stdlb"), block_size=64)

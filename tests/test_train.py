@@ -352,7 +352,9 @@ def test_nonfinite_skip_policy(data_dir, tmp_path, monkeypatch, one_thread):
     poison_forward(monkeypatch, bad_calls={7})       # micro-step 1 of iteration 3 (2 micro-steps each)
     train.main(tiny_argv(data_dir, tmp_path, "--max_iters=12", "--nonfinite=skip"))
     rows = events(tmp_path)
-    assert not math.isfinite(rows[3]["train/loss"]) and rows[3]["train/skipped_steps"] == 1
+    assert rows[3]["train/loss"] is None and rows[3]["train/skipped_steps"] == 1     # NaN is written as null
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():       # strict JSON: no NaN, no Infinity
+        json.loads(line, parse_constant=pytest.fail)
     assert rows[11]["train/skipped_steps"] == 1 and math.isfinite(rows[11]["train/loss"])
     ckpt = checkpoint.load(str(tmp_path / "ckpt.pt"))
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
@@ -478,6 +480,183 @@ def test_unwritable_out_dir(tmp_path, data_dir, capsys):
     blocker = bad_file(tmp_path, "a_file", "not a directory")
     result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={blocker / 'sub'}")
     assert_clean_error(result, "out_dir", "not writable")
+
+
+# ------------------------------------------------------------------------------------------------------
+# what a resume may change, and other ways a run could be lost or corrupted
+
+@pytest.fixture(scope="module")
+def run_of_8(data_dir, tmp_path_factory):
+    """An 8-iteration tiny run with a checkpoint at 4 and 8, to resume from (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("run8")
+    tiny(data_dir, out, "--max_iters=8", "--eval_interval=4", "--eval_iters=2", "--keep_last=3")
+    return out
+
+
+def copy_run(run, tmp_path):
+    import shutil
+    return shutil.copytree(run, tmp_path / "run", copy_function=shutil.copy2)
+
+
+def test_resume_refuses_to_change_the_experiment(run_of_8, data_dir, tmp_path, capsys):
+    out = copy_run(run_of_8, tmp_path)
+    before = (out / "ckpt.pt").read_bytes()
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume", "--max_iters=12",
+                       "--seed=5", "--learning_rate=0.05", "--total_bs=32", "--rho=1.0", "--eval_interval=6")
+    assert_clean_error(result, "would change the experiment", "seed=1337 in the checkpoint, 5 now", "total_bs=16",
+                       "learning_rate=0.002", "rho=0.05", "min_lr=0.0001 in the checkpoint, 0.0025", "(it follows "
+                       "learning_rate)", "--resume_override=total_bs,learning_rate,rho,seed,")
+    assert "eval_interval" not in result.stderr and "max_iters" not in result.stderr    # those may change
+    # a schedule that would follow the new max_iters is a change too, named with the way out
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume", "--max_iters=12",
+                       "--lr_decay_iters=None")
+    assert_clean_error(result, "lr_decay_iters=100 in the checkpoint, 12 now", "pass the checkpoint's value")
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume",
+                       "--resume_override=max_iters,n_layer")
+    assert_clean_error(result, "max_iters, n_layer cannot be named there")
+    assert (out / "ckpt.pt").read_bytes() == before
+
+
+def test_resume_override_allows_named_changes_logs_them_and_counts_tokens(run_of_8, data_dir, tmp_path, one_thread):
+    out = copy_run(run_of_8, tmp_path)
+    train.main(tiny_argv(data_dir, out, "--init_from=resume", "--max_iters=10", "--eval_interval=4",
+                         "--eval_iters=2", "--total_bs=32", "--rho=0.5", "--resume_override=total_bs, rho"))
+    runs = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    resumed = [r for r in runs if r["event"] == "run"][-1]
+    assert resumed["resume_overrides"] == {"total_bs": [16, 32], "rho": [0.05, 0.5]}
+    rows = events(out)
+    assert rows[7]["tokens"] == 8 * 16 * 64 and rows[9]["tokens"] == 8 * 16 * 64 + 2 * 32 * 64   # the real history
+    assert events(out, "eval")[10]["tokens"] == rows[9]["tokens"]
+
+
+def test_resume_of_a_finished_run_says_so(run_of_8, data_dir, tmp_path, capsys, one_thread):
+    out = copy_run(run_of_8, tmp_path)
+    lines = (out / "metrics.jsonl").read_text()
+    train.main(tiny_argv(data_dir, out, "--init_from=resume", "--max_iters=8", "--eval_interval=4"))
+    assert "already at iteration 8, max_iters=8: nothing to train" in capsys.readouterr().out
+    assert (out / "metrics.jsonl").read_text() == lines
+
+
+def test_resume_into_a_wrong_out_dir_creates_nothing(data_dir, tmp_path, capsys):
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'typo'}", "--init_from=resume")
+    assert_clean_error(result, "no checkpoint in", "typo")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(run_of_8, data_dir, tmp_path, capsys, one_thread):
+    from test_checkpoint import alter_bytes_of
+    out = copy_run(run_of_8, tmp_path)
+    latest = checkpoint.load(str(out / "ckpt.pt"))
+    for name in ("ckpt.pt", "ckpt_0000008.pt"):          # one file in the run; copying it broke the hard link
+        alter_bytes_of(out / name, latest["model"]["transformer.h.0.mlp.c_fc.weight"])
+    capsys.readouterr()
+    train.main(tiny_argv(data_dir, out, "--init_from=resume", "--max_iters=8", "--eval_interval=4", "--eval_iters=2"))
+    captured = capsys.readouterr()
+    assert "ckpt.pt is damaged" in captured.err and "trying the previous checkpoint" in captured.err
+    assert "resuming from" in captured.out and "ckpt_0000004.pt at iteration 4" in captured.out
+    assert_same(events(run_of_8), events(out), range(8))       # iterations 4-7 retrained, exactly as before
+
+
+def test_a_diverged_model_never_rotates_out_a_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys, one_thread):
+    evaluate = train.Trainer.evaluate
+
+    def diverged_at_4(self):
+        losses = evaluate(self)
+        return {k: float("nan") for k in losses} if self.state["iter_num"] == 4 else losses
+    monkeypatch.setattr(train.Trainer, "evaluate", diverged_at_4)
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=6", "--eval_interval=2", "--eval_iters=2", "--keep_last=1",
+                         "--nonfinite=skip"))
+    assert "not saving a checkpoint at iteration 4: the val loss is nan" in capsys.readouterr().out
+    assert [os.path.basename(f) for f in checkpoint.numbered_files(str(tmp_path))] == ["ckpt_0000006.pt"]
+    assert events(tmp_path, "eval")[4]["val/loss"] is None
+
+
+def test_out_of_memory_is_one_line_and_keeps_the_checkpoints(run_of_8, data_dir, tmp_path, monkeypatch, capsys):
+    out = copy_run(run_of_8, tmp_path)
+    before = (out / "ckpt.pt").read_bytes()
+
+    def out_of_memory(self, iter_num):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123456789 bytes. "
+                           "Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(train.Trainer, "train_step", out_of_memory)
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume", "--max_iters=12",
+                       "--eval_interval=4")
+    assert_clean_error(result, "out of memory at iteration 8", "micro-batches of 8 x 64 tokens",
+                       "asking for 118 MiB", "lower --batch_size", "checkpoints on disk are intact")
+    assert (out / "ckpt.pt").read_bytes() == before
+
+
+def test_compile_false_keeps_sophia_off_its_compiled_kernel(monkeypatch):
+    import sophia
+    monkeypatch.setattr(sophia, "FUSED_MIN_NUMEL", 1)          # the tiny model would otherwise be "small"
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64))
+    for compile_, expected in [(False, "foreach"), (True, "fused")]:
+        cfg = train.TrainConfig(optimizer_name="sophiag", compile=compile_, device="cpu")
+        train.resolve(cfg, world_size=1)
+        optimizer = train.build_optimizer(cfg, model)
+        assert optimizer._choose_path(optimizer.param_groups[0]) == expected
+
+
+def test_compilation_is_kept_out_of_the_logged_time(data_dir, tmp_path, monkeypatch, one_thread):
+    """torch.compile's first passes (or Sophia's fused kernel) would otherwise land in `time`, which the
+    wall-time comparisons use: a 0.5 s compilation during iteration 0 is logged as compile_time instead."""
+    calls = {"n": 0}
+
+    def fake_compile_seconds():
+        calls["n"] += 1
+        if calls["n"] == 2:           # the end of iteration 0: 0.5 s went into compiling
+            time.sleep(0.5)
+        return 0.0 if calls["n"] == 1 else 0.5
+    monkeypatch.setattr(train, "compile_seconds", fake_compile_seconds)
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--threads=1"))
+    rows = events(tmp_path)
+    assert rows[0]["compile_time"] == 0.5 == rows[2]["compile_time"]
+    assert rows[0]["time"] < 0.4 and rows[0]["iter_time_ms"] < 400
+    assert 0 < rows[2]["cpu_time"] and rows[2]["time"] == pytest.approx(sum(rows[i]["iter_time_ms"] for i in range(3))
+                                                                         / 1000)
+    assert torch.get_num_threads() == 1
+
+
+def test_metrics_of_a_run_without_checkpoints_are_kept(data_dir, tmp_path, capsys, one_thread):
+    for _ in range(3):     # runs that never reach a checkpoint, started again in the same out_dir
+        train.main(tiny_argv(data_dir, tmp_path, "--max_iters=1", "--eval_interval=5", "--eval_iters=1",
+                             "--always_save_checkpoint=False"))
+        for f in tmp_path.glob("ckpt*.pt"):
+            f.unlink()
+    assert sorted(p.name for p in tmp_path.glob("metrics*.jsonl")) == ["metrics.jsonl", "metrics.old.jsonl",
+                                                                        "metrics.old2.jsonl"]
+    assert "moved the metrics.jsonl of an earlier run" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_acknowledged_at_once(data_dir, tmp_path, monkeypatch, capsys, one_thread):
+    log_step = train.Trainer._log_step
+
+    def log_and_interrupt(self, iter_num, *rest):
+        log_step(self, iter_num, *rest)
+        if iter_num == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert "SIGINT: stopping after this step, then checkpointing" in capsys.readouterr().err   # at once
+    monkeypatch.setattr(train.Trainer, "_log_step", log_and_interrupt)
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=6", "--eval_iters=1"))
+    assert checkpoint.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 2
+
+
+def test_ctrl_c_while_starting_up_exits_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "train_sophiag.py", TINY, f"--out_dir={tmp_path}"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)                   # python is still importing torch
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_an_error_is_printed_once(data_dir, tmp_path):
+    proc = tiny(data_dir, tmp_path, "--learnig_rate=1e-3", nproc=2, check=False)
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == ["error: --learnig_rate=1e-3: 'learnig_rate' is not a config key; did you mean "
+                           "'learning_rate'? (--help lists every key)"]
+    assert "traceback : error: --learnig_rate=1e-3" in proc.stderr      # torchrun's summary names it as the cause
 
 
 # ------------------------------------------------------------------------------------------------------

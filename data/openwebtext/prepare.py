@@ -39,7 +39,7 @@ from tqdm import tqdm
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [REPO_ROOT, os.path.join(REPO_ROOT, "data")]  # runnable from any cwd
 
-from prepare_common import SPLITS, fail, write_dataset  # noqa: E402
+from prepare_common import SPLITS, fail, warn_if_small_val, write_dataset  # noqa: E402
 from tokenizer import GPT2_EOT, TokenizerError, get_tokenizer  # noqa: E402
 
 SPLIT_SEED = 2357  # nanoGPT's seed for the OpenWebText val split
@@ -190,6 +190,7 @@ def main(argv=None):
 
     for name in SPLITS:
         print(f"{name}: {len(tokenized[name]):,} documents, {meta[f'{name}_tokens']:,} tokens")
+    warn_if_small_val(len(tokenized["val"]), meta["val_tokens"], args.val_fraction)
     print(f"wrote {args.out_dir}/{{train.bin,val.bin,meta.json}} in {time.time() - t0:.1f}s")
     return meta
 

@@ -39,7 +39,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [REPO_ROOT, os.path.join(REPO_ROOT, "data")]  # runnable from any cwd
 
-from prepare_common import documents_to_arrays, fail, write_dataset  # noqa: E402
+from prepare_common import documents_to_arrays, fail, warn_if_small_val, write_dataset  # noqa: E402
 from tokenizer import TOKENIZER_NAMES, TokenizerError, get_tokenizer  # noqa: E402
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -149,6 +149,7 @@ def main(argv=None):
     print(f"{len(documents)} documents ({text_bytes:,} bytes of text) from {stdlib_dir}, tokenizer {tokenizer.name}")
     print(f"train: {len(train):,} documents, {meta['train_tokens']:,} tokens")
     print(f"val:   {len(val):,} documents, {meta['val_tokens']:,} tokens")
+    warn_if_small_val(len(val), meta["val_tokens"], args.val_fraction)
     print(f"wrote {args.out_dir}/{{train.bin,val.bin,meta.json}} in {time.time() - t0:.1f}s")
     return meta
 
