@@ -71,18 +71,23 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         # softmax(q k^T * scale) with scale = 1/sqrt(head_dim), divided by (layer_idx + 1) when
-        # scale_attn_by_inverse_layer_idx. Passed explicitly to SDPA: its default would drop the
-        # layer factor (dividing the attention *output* instead is not equivalent).
+        # scale_attn_by_inverse_layer_idx (dividing the attention *output* instead is not equivalent).
+        # q is divided by (layer_idx + 1) from a buffer: as a Python float the factor would differ per block,
+        # and torch.compile of each block (FSDP) would then recompile per layer, up to its limit of 8, and run
+        # the rest eagerly. A tensor is a graph input, so every block shares one graph. It holds a small integer,
+        # exact in every dtype the model may be cast to; it is not saved in state dicts.
         head_dim = config.n_embd // config.n_head
         self.scale = 1.0 / math.sqrt(head_dim)
-        if config.scale_attn_by_inverse_layer_idx:
-            self.scale /= layer_idx + 1
+        self.scale_by_layer = config.scale_attn_by_inverse_layer_idx
+        self.register_buffer("layer_number", torch.tensor(float(layer_idx + 1)), persistent=False)
 
     def forward(self, x):
         B, T, C = x.size()  # batch, sequence length, embedding dim
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.scale_by_layer:
+            q = q / self.layer_number
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         # fused kernel (flash / memory-efficient on GPU) for softmax(q k^T * scale + causal mask) v

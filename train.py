@@ -378,7 +378,9 @@ class Trainer:
             self.compiled = torch.compile(self.raw_model) if cfg.compile else self.raw_model
             self.model = self.compiled
             if run.ddp:
-                self.model = DDP(self.compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+                # gradients as views into DDP's all-reduce buckets: no second copy of every gradient
+                self.model = DDP(self.compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
+                                 gradient_as_bucket_view=True)
         self.optimizer = build_optimizer(cfg, self.raw_model)
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
         if ckpt is not None:

@@ -379,3 +379,29 @@ def test_backward_reaches_every_parameter():
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_per_block_compile_shares_one_graph_across_layers():
+    """Under FSDP each block is compiled on its own. With scale_attn_by_inverse_layer_idx the blocks differ only
+    in their layer factor; were it a Python float, dynamo would guard on it and recompile per layer (and stop at
+    its recompile limit of 8, running the rest eagerly). It is a buffer, so 12 blocks compile one graph forward
+    (and one backward), and the model still computes what the uncompiled one does."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    config = GPTConfig(n_layer=12, n_head=2, n_embd=16, block_size=8, vocab_size=64,
+                       scale_attn_by_inverse_layer_idx=True)
+    torch.manual_seed(0)
+    model = GPT(config)
+    reference = GPT(config)
+    reference.load_state_dict(model.state_dict())
+    counter = CompileCounter()                 # a backend that counts the graphs it is given and runs them as is
+    for block in model.transformer.h:
+        block.compile(backend=counter)
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        _, loss = model(idx, idx)
+        loss.backward()
+    assert counter.frame_count == 1            # one compiled graph for all 12 blocks: no recompiles
+    _, expected = reference(idx, idx)
+    torch.testing.assert_close(loss, expected)
+    torch._dynamo.reset()
