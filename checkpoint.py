@@ -128,6 +128,13 @@ def has_checkpoint(out_dir):
     return os.path.exists(os.path.join(out_dir, LATEST)) or bool(numbered_files(out_dir))
 
 
+def require_checkpoint(out_dir):
+    """The UserError of --init_from=resume in an out_dir without checkpoints (before anything is created there)."""
+    if not has_checkpoint(out_dir):
+        raise UserError(f"--init_from=resume: no checkpoint in {out_dir!r} (expected {LATEST}); "
+                        f"start a run there first, or check --out_dir")
+
+
 def _short(err):
     """An exception's message on one line: terminal colour codes removed, the first line, at most ~300 characters
     cut at a word."""
@@ -171,11 +178,9 @@ def _distinct_files(paths):
 def load_latest(out_dir):
     """The newest loadable checkpoint in out_dir: ckpt.pt, else the numbered files newest first. Each file passed
     over is named on stderr with the reason (once, on rank 0 under torchrun). Returns (checkpoint, path)."""
+    require_checkpoint(out_dir)
     candidates = [os.path.join(out_dir, LATEST)] + numbered_files(out_dir)[::-1]
     candidates = _distinct_files([c for c in candidates if os.path.exists(c)])
-    if not candidates:
-        raise UserError(f"--init_from=resume: no checkpoint in {out_dir!r} (expected {LATEST}); "
-                        f"start a run there first, or check --out_dir")
     errors = []
     for path in candidates:
         try:
@@ -210,7 +215,7 @@ def load_model(out_dir, ckpt_path, device):
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} does not hold a model this model.py can build "
-                        f"({type(err).__name__}: {str(err)[:200]}); it was written by another version of the repo") \
+                        f"({type(err).__name__}: {_short(err)}); it was written by another version of the repo") \
             from None
     return model.to(device).eval(), ckpt, path
 

@@ -252,11 +252,16 @@ class _RecordingLocals(dict):
 
     def __setitem__(self, name, value):
         self.namespace[name] = value
-        frame = sys._getframe(1)
-        self.bound[name] = frame.f_lineno if frame.f_code.co_filename == self.path else None
+        self.bound[name] = _caller_line(self.path)
 
     def __delitem__(self, name):
         del self.namespace[name]
+
+
+def _caller_line(path):
+    """The line of config file `path` that is running in the caller's caller (None from any other file)."""
+    frame = sys._getframe(2)
+    return frame.f_lineno if frame.f_code.co_filename == path else None
 
 
 def _where(path, line):
@@ -301,8 +306,7 @@ def _run_file(path, annotations, values, applied, including=()):
         synced.update(namespace)
 
     def include(relative_path):
-        frame = sys._getframe(1)
-        line = frame.f_lineno if frame.f_code.co_filename == path else None
+        line = _caller_line(path)
         target = os.path.normpath(os.path.join(os.path.dirname(path), relative_path))
         if not os.path.isfile(target):
             raise ConfigError(f"config file {_where(path, line)}: include({relative_path!r}): {target} not found "

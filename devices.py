@@ -7,6 +7,7 @@ Which device and precision a run uses: one policy for train.py, eval.py and samp
     dtype = resolve_dtype("auto", device)    # "bfloat16" on GPUs with native bf16, "float16" on older GPUs,
                                              # "float32" on CPU and elsewhere
     with autocast(device, dtype): ...        # torch.autocast, or nothing for float32
+    device, dtype, context = for_inference("auto", "auto")   # all of the above at once (eval.py, sample.py)
 
 Low-precision runs autocast the matmuls and keep the weights, the optimizer state and the loss in fp32. fp16
 needs a loss scaler in training (train.py uses torch.amp.GradScaler); bf16 does not.
@@ -77,3 +78,12 @@ def configure(device):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.set_flush_denormal(True)
+
+
+def for_inference(device_name, dtype_name):
+    """(device, dtype, autocast context) for eval.py and sample.py: the device checked and configured as in
+    training, the dtype resolved by the same rule."""
+    device = checked_device(device_name)
+    configure(device)
+    dtype = resolve_dtype(dtype_name, device)
+    return device, dtype, autocast(device, dtype)

@@ -107,10 +107,7 @@ def main(argv=None):
     for key in ("max_tokens", "batch_size"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise UserError(f"--{key} must be a positive integer (or None), got {getattr(cfg, key)}")
-    device = devices.checked_device(cfg.device)
-    devices.configure(device)
-    dtype = devices.resolve_dtype(cfg.dtype, device)
-    autocast = devices.autocast(device, dtype)
+    device, dtype, autocast = devices.for_inference(cfg.device, cfg.dtype)
     model, ckpt, path = load_model(cfg.out_dir, cfg.ckpt, device)
     data_dir = dataset_dir(ckpt, cfg.data_dir)
     if not os.path.isdir(data_dir):

@@ -91,9 +91,7 @@ def main(argv=None):
     if cfg.top_k is not None and cfg.top_k < 1:
         raise UserError(f"--top_k must be a positive integer or None (no limit), got {cfg.top_k}")
     text = prompt_text(cfg.start)
-    device = devices.checked_device(cfg.device)
-    devices.configure(device)
-    autocast = devices.autocast(device, devices.resolve_dtype(cfg.dtype, device))
+    device, _, autocast = devices.for_inference(cfg.device, cfg.dtype)
     model, ckpt, _ = load_model(cfg.out_dir, cfg.ckpt, device)
     tokenizer = load_tokenizer(dataset_dir(ckpt, cfg.data_dir), model.config.vocab_size)
     mask_padding(model, tokenizer.vocab_size)

@@ -413,9 +413,8 @@ class Trainer:
         if cfg.init_from == "scratch" and checkpoint.has_checkpoint(cfg.out_dir):
             raise UserError(f"out_dir {cfg.out_dir!r} already holds a run's checkpoints; continue it with "
                             f"--init_from=resume, or pass another --out_dir (delete the folder to start over)")
-        if cfg.init_from == "resume" and not checkpoint.has_checkpoint(cfg.out_dir):   # before creating anything
-            raise UserError(f"--init_from=resume: no checkpoint in {cfg.out_dir!r} (expected {checkpoint.LATEST}); "
-                            f"start a run there first, or check --out_dir")
+        if cfg.init_from == "resume":
+            checkpoint.require_checkpoint(cfg.out_dir)      # before anything is created there
         if not self.run.master:
             return
         try:
@@ -429,8 +428,10 @@ class Trainer:
                             f"pass a writable --out_dir") from None
         metrics = os.path.join(cfg.out_dir, "metrics.jsonl")
         if cfg.init_from == "scratch" and os.path.exists(metrics):   # from a run that never checkpointed
-            kept = next(path for n in range(1, 10 ** 6) if not os.path.exists(
-                path := os.path.join(cfg.out_dir, "metrics.old.jsonl" if n == 1 else f"metrics.old{n}.jsonl")))
+            kept, n = os.path.join(cfg.out_dir, "metrics.old.jsonl"), 1
+            while os.path.exists(kept):                              # never over an earlier one
+                n += 1
+                kept = os.path.join(cfg.out_dir, f"metrics.old{n}.jsonl")
             os.replace(metrics, kept)
             self.run.print(f"moved the metrics.jsonl of an earlier run in {cfg.out_dir} that wrote no checkpoint "
                            f"to {kept}")
