@@ -126,8 +126,8 @@ class TrainConfig:
     compile: bool | None = None             # None: torch.compile on CUDA only; False also keeps Sophia's step
                                             # off its compiled (fused) kernel
     threads: int | None = None              # CPU threads per process; None: torch's default (torchrun: 1).
-                                            # 1 on a shared or busy machine: tiny models on 2 contended
-                                            # threads ran 10-25x slower
+                                            # 1 on a shared or busy machine, where tiny models on contended
+                                            # threads run many times slower
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
     fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
                                             # over the processes (FSDP2) instead of replicating them (DDP)
