@@ -48,9 +48,16 @@ def device_type(device):
 
 
 def has_native_bf16(device):
-    """Whether the GPU computes in bf16 natively (compute capability 8.0+, e.g. A100, H100). Older GPUs only
-    emulate it, slowly, and torch.cuda.is_bf16_supported() counts emulation unless told not to."""
-    return device_type(device) == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    """Whether the GPU computes in bf16 natively: compute capability 8.0+ (A100, H100, L4, ...). Older GPUs only
+    emulate it, slowly (torch.cuda.is_bf16_supported() counts emulation). Read from the device's properties,
+    which creates no CUDA context (is_bf16_supported would, on the current device of every rank)."""
+    return device_type(device) == "cuda" and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+
+
+def synchronize(device):
+    """Wait for the device's queued work (a no-op on CPU): only where a time or a value must be exact."""
+    if device_type(device) == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resolve_dtype(name, device):

@@ -7,6 +7,15 @@ final LayerNorm, and an output head tied to the token embedding. Parameter names
 (transformer.wte / wpe / h.N.ln_1 / attn.c_attn / attn.c_proj / ln_2 / mlp.c_fc / mlp.c_proj / ln_f,
 lm_head) so state dicts line up name for name.
 
+phi-1-style switches (Gunasekar et al. 2023, "Textbooks Are All You Need"; HF PhiForCausalLM), all off by
+default so that GPT-2 stays exactly GPT-2 (its state dicts, init and numbers are unchanged):
+  parallel_block   x + attn(ln_1(x)) + mlp(ln_1(x)): attention and MLP read the same LayerNorm, one per block
+  rotary_dim > 0   no learned position embedding (no wpe); rotary embeddings on the first rotary_dim channels of
+                   each head's q and k, GPT-NeoX "rotate-half" layout, base 10000
+  tie_embeddings   False: lm_head is its own matrix, with a bias when bias=True (phi-1's head has one)
+phi-1-small is GPTConfig(n_layer=20, n_head=16, n_embd=1024, block_size=2048, rotary_dim=32, parallel_block=True,
+tie_embeddings=False, bias=True); see config/phi1_small.py.
+
 The model knows nothing about DDP, optimizers or training; it only offers the pieces a training
 loop needs: forward(idx, targets) -> (logits, loss), optimizer parameter groups, parameter and
 FLOP counts, MFU, and sampling.
@@ -41,6 +50,10 @@ class GPTConfig:
     # HF GPT-2 option used by upstream Sophia's GPT-2 runs: attention logits of layer i (from 0)
     # are further divided by (i + 1), for training stability of deeper models.
     scale_attn_by_inverse_layer_idx: bool = False
+    # phi-1-style switches (see the module docstring); the defaults are GPT-2
+    parallel_block: bool = False  # x + attn(ln_1(x)) + mlp(ln_1(x)), one LayerNorm per block
+    rotary_dim: int = 0  # 0: learned positions (wpe); > 0: rotary on this many channels of each head, no wpe
+    tie_embeddings: bool = True  # False: an untied lm_head, with a bias when bias=True
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -55,9 +68,38 @@ class GPTConfig:
         is_number = isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
         if not is_number or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        for name in ("bias", "scale_attn_by_inverse_layer_idx"):
+        for name in ("bias", "scale_attn_by_inverse_layer_idx", "parallel_block", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        head_dim = self.n_embd // self.n_head
+        rotary = self.rotary_dim
+        if isinstance(rotary, bool) or not isinstance(rotary, int) or not 0 <= rotary <= head_dim or rotary % 2:
+            raise ValueError(f"GPTConfig.rotary_dim must be an even integer in [0, head_dim={head_dim}] "
+                             f"(0: learned positions), got {rotary!r}")
+
+
+ROPE_BASE = 10000.0  # rotary frequencies theta_i = ROPE_BASE^(-2i / rotary_dim), as GPT-NeoX and phi-1
+
+
+def rotary_tables(rotary_dim, length):
+    """cos and sin tables, (length, rotary_dim) in fp32, for positions 0..length-1 in rotate-half layout: channel j
+    and j + rotary_dim/2 form one pair, both turned by the angle t * theta_(j mod rotary_dim/2)."""
+    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (length, rotary_dim / 2)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the first cos.size(-1) channels of x (B, H, T, head_dim) by position; the rest pass through.
+    With x1, x2 the two halves of the rotated part: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), so that
+    q_s . k_t depends on s - t only (a rotation by angle s*theta against one by t*theta)."""
+    r = cos.size(-1)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2 :]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables are fp32 buffers; q, k may be bf16 under autocast
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -81,7 +123,7 @@ class CausalSelfAttention(nn.Module):
         self.scale_by_layer = config.scale_attn_by_inverse_layer_idx
         self.register_buffer("layer_number", torch.tensor(float(layer_idx + 1)), persistent=False)
 
-    def forward(self, x):
+    def forward(self, x, rope=None):
         B, T, C = x.size()  # batch, sequence length, embedding dim
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
@@ -90,7 +132,10 @@ class CausalSelfAttention(nn.Module):
             q = q / self.layer_number
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # fused kernel (flash / memory-efficient on GPU) for softmax(q k^T * scale + causal mask) v
+        if rope is not None:  # rotary_dim > 0: positions enter here, as rotations of q and k
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        # fused kernel (flash / memory-efficient on GPU) for softmax(q k^T * scale + causal mask) v; with no mask
+        # tensor and is_causal=True, a bf16/fp16 CUDA run at any length (2048 for phi-1) gets FlashAttention
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale
         )
@@ -111,17 +156,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    parallel_block (phi-1, GPT-J): x + attn(ln_1(x)) + mlp(ln_1(x)), one LayerNorm and no ln_2."""
 
     def __init__(self, config, layer_idx):
         super().__init__()
+        self.parallel = config.parallel_block
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        if not self.parallel:
+            self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, rope=None):
+        if self.parallel:
+            h = self.ln_1(x)
+            return x + self.attn(h, rope) + self.mlp(h)
+        x = x + self.attn(self.ln_1(x), rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -132,18 +183,25 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}")
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, layer_idx) for layer_idx in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.rotary_dim == 0:
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, layer_idx) for layer_idx in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the output head reuses the token embedding matrix (one tensor, two roles)
-        self.transformer.wte.weight = self.lm_head.weight
+        self.transformer = nn.ModuleDict(modules)
+        # a tied head has no bias (GPT-2); phi-1's untied head has one
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias and not config.tie_embeddings)
+        if config.tie_embeddings:
+            # weight tying: the output head reuses the token embedding matrix (one tensor, two roles)
+            self.transformer.wte.weight = self.lm_head.weight
+        if config.rotary_dim:
+            # computed, not learned: kept out of state dicts (persistent=False), rebuilt from the config
+            cos, sin = rotary_tables(config.rotary_dim, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
 
         # GPT-2 init: N(0, 0.02) for Linear and Embedding weights, zero biases, LayerNorm (1, 0);
         # residual projections get std 0.02/sqrt(2*n_layer) so the residual stream's variance does
@@ -186,10 +244,16 @@ class GPT(nn.Module):
             if last_only:
                 raise ValueError("last_only=True returns no loss; call it with targets=None")
 
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        if self.config.rotary_dim:
+            x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C); positions are rotations in attention
+            rope = (self.rope_cos[:T], self.rope_sin[:T])
+            for block in self.transformer.h:
+                x = block(x, rope)
+        else:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+            for block in self.transformer.h:
+                x = block(x)
         x = self.transformer.ln_f(x)
 
         if last_only:
@@ -203,16 +267,20 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding=True):
         """Number of parameters; the tied wte/lm_head matrix counts once. With non_embedding=True the
-        position embedding is left out (as in nanoGPT); wte stays in because it is also the output layer."""
+        position embedding is left out (as in nanoGPT); wte stays in because it is also the output layer
+        (untied, as phi-1, it is left out too: it is a lookup, the head is the output layer)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
         return n
 
     def param_groups(self, weight_decay):
         """
         Optimizer parameter groups with upstream Sophia's decay rule: weight decay on nn.Linear weights
         only; none on biases, LayerNorm weights and embeddings (wte, which is also lm_head.weight, and wpe).
+        An untied lm_head (phi-1) is a Linear: its weight decays, its bias does not.
         Every parameter appears exactly once, in named_parameters() order.
         """
         embedding_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
@@ -250,6 +318,9 @@ class GPT(nn.Module):
                 f"block_size must be an integer in [1, {self.config.block_size}] (the current one), got {block_size!r}"
             )
         self.config.block_size = block_size
+        if self.config.rotary_dim:  # rotary tables cover any length: keep the first block_size rows
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
+            return
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     @torch.no_grad()
@@ -287,19 +358,28 @@ class GPT(nn.Module):
 # the first match wins, so variants come before their generic name.
 PEAK_BF16_FLOPS = [
     (("H100", "NVL"), 835e12),  # H100 NVL datasheet: 1,671 TFLOPS with sparsity
+    (("H800", "PCIE"), 756e12),  # H800 PCIe datasheet: 1,513 TFLOPS with sparsity
+    (("H800",), 989e12),  # H800 SXM datasheet: 1,979 TFLOPS with sparsity
+    (("H20",), 148e12),  # H20 datasheet: 148 TFLOPS dense (296 with sparsity)
     (("H100", "PCIE"), 756e12),  # H100 PCIe datasheet: 1,513 TFLOPS with sparsity
     (("H100",), 989e12),  # H100 SXM ("NVIDIA H100 80GB HBM3") datasheet: 1,979 TFLOPS with sparsity
     (("H200", "NVL"), 835e12),  # H200 NVL datasheet: 1,671 TFLOPS with sparsity
     (("H200",), 989e12),  # H200 SXM datasheet: 1,979 TFLOPS with sparsity
     (("GH200",), 989e12),  # GH200 datasheet: 1,979 TFLOPS with sparsity
+    (("GB200",), 2.5e15),  # GB200 NVL72 datasheet: 360 PFLOPS with sparsity over 72 GPUs, i.e. 5 per GPU
     (("B200",), 2.25e15),  # HGX B200 datasheet: 4.5 PFLOPS with sparsity per GPU
     (("A100",), 312e12),  # A100 datasheet (SXM and PCIe): 312 TFLOPS
+    (("A800",), 312e12),  # A800 datasheet (SXM and PCIe): 312 TFLOPS
+    (("L40S",), 362.05e12),  # L40S datasheet: 362.05 TFLOPS dense, 733 with sparsity
     (("L4",), 121e12),  # L4 datasheet: 242 TFLOPS with sparsity
+    (("A10",), 125e12),  # A10 datasheet: 125 TFLOPS, 250 with sparsity. Not AWS's A10G: NVIDIA publishes no
+                         # datasheet for it, and its MFU stays n/a rather than guessed
     (("RTX", "4090"), 165.2e12),  # Ada whitepaper: 165.2 TFLOPS with FP32 accumulate (what autocast does)
     (("A6000",), 154.8e12),  # RTX A6000 datasheet: 309.7 TFLOPS tensor with sparsity
     (("A5000",), 111.1e12),  # RTX A5000 datasheet: 222.2 TFLOPS tensor with sparsity
     (("V100", "PCIE"), 112e12),  # V100 has no bf16: FP16 tensor-core peak, V100 PCIe datasheet
     (("V100",), 125e12),  # V100 SXM2 datasheet, FP16 tensor core
+    (("T4",), 65e12),  # T4 has no bf16: FP16 tensor-core peak (mixed precision), T4 datasheet
 ]
 
 

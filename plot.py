@@ -10,6 +10,13 @@ Each run is a training out_dir (or its metrics.jsonl). Writes PNGs into --out:
 A figure is left out when no run has data for it. Runs are named by --labels, else by the "name" of
 their run event, else by their directory.
 
+    python plot.py --icl icl_medium.json --labels "AdamW 100K" "Lion 100K" "Sophia 100K" "AdamW 200K" --out plots/
+
+draws the paper's Figure 6 instead, from eval.py --tasks=... --json files (each one result or a list of them):
+    icl_superglue.png  grouped bars, one group per task plus the average, one bar per checkpoint: accuracy
+                       (ReCoRD: exact match) with a one-standard-error bar
+Checkpoints are named by --labels, else by "<optimizer_name> <iter_num>" from the JSON.
+
 metrics.jsonl holds one JSON object per line with "iter" and "event" ("run", "train" or "eval").
 A resumed run appends to the same file, so an iteration can appear twice: the last line wins.
 Missing keys, null and NaN values are skipped point by point, and unreadable lines (a run killed
@@ -213,13 +220,88 @@ def plot_runs(run_dirs, out_dir, labels=None, smooth=0.9):
     return [path for path in written if path is not None]
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Figure 6: SuperGLUE in-context accuracy, task x checkpoint
+
+ICL_FIGURE = "icl_superglue.png"
+
+
+def load_icl_results(paths):
+    """eval.py --json files -> their result objects in order (a file may hold one object or a list)."""
+    results = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as error:
+            raise MetricsError(f"cannot read {path} ({getattr(error, 'strerror', None) or error}): pass a file "
+                               f"written by eval.py --tasks=... --json=PATH") from None
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item, dict) or not isinstance(item.get("tasks"), dict):
+                raise MetricsError(f"{path} holds no in-context results (no \"tasks\"): write it with "
+                                   f"eval.py --tasks=... --json=PATH")
+            results.append(item)
+    return results
+
+
+def icl_bars(results):
+    """(group names, {group: [(value, stderr) per result]}): the tasks in order of appearance, then the average.
+    A task's value is its accuracy (ReCoRD: exact match, its accuracy-like metric), None where a result lacks it."""
+    tasks = []
+    for result in results:
+        tasks += [task for task in result["tasks"] if task not in tasks]
+    bars = {}
+    for task in tasks:
+        metric = "em" if task == "record" else "acc"
+        bars[task] = [(r["tasks"].get(task, {}).get(metric), r["tasks"].get(task, {}).get(f"{metric}_stderr"))
+                      for r in results]
+    bars["average"] = [(r.get("average"), None) for r in results]
+    return [*tasks, "average"], bars
+
+
+def plot_icl(results, out_dir, labels=None, title=None):
+    """Grouped bars (task x checkpoint) of in-context accuracy -> the PNG's path."""
+    if labels is not None and len(labels) != len(results):
+        raise ValueError(f"got {len(labels)} labels for {len(results)} results: give one label per checkpoint")
+    labels = labels or [f"{r.get('optimizer_name') or 'model'} {r.get('iter_num', '')}".strip() for r in results]
+    groups, bars = icl_bars(results)
+    width = 0.8 / len(results)
+    fig = Figure(figsize=(max(6, 1.3 * len(groups) * max(1, len(results) / 3)), 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, label in enumerate(labels):
+        xs = [g + (i - (len(results) - 1) / 2) * width for g in range(len(groups))]
+        values = [bars[group][i][0] for group in groups]
+        errors = [bars[group][i][1] or 0.0 for group in groups]
+        points = [(x, v, e) for x, v, e in zip(xs, values, errors) if is_finite_number(v)]
+        ax.bar([x for x, _, _ in points], [v for _, v, _ in points], width, yerr=[e for _, _, e in points],
+               capsize=2, color=f"C{i % 10}", label=label)
+    shots = sorted({r.get("num_fewshot") for r in results}, key=str)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set(ylabel="accuracy (ReCoRD: exact match)", ylim=(0, 1),
+           title=title or f"SuperGLUE in-context accuracy ({', '.join(map(str, shots))}-shot)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, ICL_FIGURE)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Compare training runs from their metrics.jsonl files.")
-    parser.add_argument("runs", nargs="+", help="training out_dirs (or their metrics.jsonl files)")
+    parser = argparse.ArgumentParser(description="Compare training runs from their metrics.jsonl files, or "
+                                                 "checkpoints' SuperGLUE accuracy from eval.py JSON (--icl).")
+    parser.add_argument("runs", nargs="*", help="training out_dirs (or their metrics.jsonl files)")
+    parser.add_argument("--icl", nargs="+", metavar="JSON", help="eval.py --tasks=... --json files: draw the "
+                                                                  "paper's Figure 6 instead")
+    parser.add_argument("--title", help="title of the --icl figure")
     parser.add_argument("--labels", nargs="+", help="legend names, one per run (default: run name, else directory)")
     parser.add_argument("--out", default="plots", help="folder for the PNGs (default: plots)")
     parser.add_argument("--smooth", type=float, default=0.9, help="train-loss EMA smoothing in [0, 1), 0 = off (default: 0.9)")
     args = parser.parse_args(argv)
+    if args.icl:
+        return main_icl(parser, args)
+    if not args.runs:
+        parser.error("give training out_dirs to compare, or --icl JSON ... for the in-context figure")
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"got {len(args.labels)} --labels for {len(args.runs)} runs: give one label per run")
     if not 0 <= args.smooth < 1:
@@ -236,6 +318,24 @@ def main(argv=None):
         print(f"wrote {path}")
     if not paths:
         print("no figure written: the runs log none of val/loss, train/loss, train/win_rate, train/clip_rate")
+
+
+def main_icl(parser, args):
+    if args.runs:
+        parser.error("--icl draws from eval.py JSON files only; plot training runs in a separate call")
+    try:
+        results = load_icl_results(args.icl)
+        if args.labels is not None and len(args.labels) != len(results):
+            parser.error(f"got {len(args.labels)} --labels for {len(results)} checkpoints in the --icl files: "
+                         f"give one label per checkpoint")
+        path = plot_icl(results, args.out, labels=args.labels, title=args.title)
+    except MetricsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        print(f"error: cannot write plots to {args.out}: {error.strerror or error}; pick another --out", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

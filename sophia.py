@@ -315,27 +315,94 @@ class SophiaH(SophiaG):
 # ----------------------------------------------------------------------------------------------------------
 # Estimator helpers: the part users otherwise re-implement in their training script
 
+GNB_CHUNK = 1 << 23          # logits entries per chunk when sampling: bounds the fp32/fp64 scratch to ~100 MB
+
+
+def _row_uniforms(logits, generator):
+    """One uniform in [0, 1) per position of logits[..., 0], in float64. generator: None, a torch.Generator,
+    or one per row of logits (dim 0), each drawing that row's positions in order."""
+    shape = logits.shape[:-1]
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != len(logits):
+            raise ValueError(f"gnb: {len(generator)} generators for {len(logits)} rows; pass one per row")
+        return torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64, device=logits.device)
+                            for g in generator])
+    return torch.rand(shape, generator=generator, dtype=torch.float64, device=logits.device)
+
+
+def _gnb_chunks(logits):
+    """(start, stop) spans of the flattened positions, each holding at most GNB_CHUNK logits."""
+    n, vocab = logits.numel() // logits.size(-1), logits.size(-1)
+    rows = max(1, GNB_CHUNK // vocab)
+    return [(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+def _draw(probs, u):
+    """Inverse-CDF draw ŷ ~ probs per row: the first class whose cumulative mass exceeds u·total. The
+    cumulative sum is in float64, so that a class's chance is its probability to ~1e-16, not to fp32's
+    rounding of a 50k-term sum; a class of probability 0 is never drawn."""
+    cdf = probs.double().cumsum_(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1).clamp_(max=cdf.size(-1) - 1)
+
+
+@torch.no_grad()
+def gnb_sample(logits, *, generator=None):
+    """Labels ŷ ~ softmax(logits) (softmax in fp32), one per position of logits[..., 0], by inverse-CDF
+    sampling with one float64 uniform per position. With one generator per row (dim 0), the labels of a row
+    depend only on its generator: a batch split into micro-batches or processes draws the same labels."""
+    flat, u = logits.reshape(-1, logits.size(-1)), _row_uniforms(logits, generator).reshape(-1)
+    labels = torch.empty(flat.size(0), dtype=torch.long, device=logits.device)
+    for a, b in _gnb_chunks(logits):
+        labels[a:b] = _draw(flat[a:b].float().softmax(-1), u[a:b])
+    return labels.reshape(logits.shape[:-1])
+
+
 def gnb_loss(logits, *, generator=None, ignore_mask=None):
     """Sophia-G's Gauss-Newton-Bartlett loss: mean cross-entropy of `logits` (..., V) against labels
-    ŷ ~ softmax(logits) sampled from the model itself, computed in fp32.
+    ŷ ~ softmax(logits) sampled from the model itself (gnb_sample), computed in fp32.
 
     Backprop it, then call SophiaG.update_hessian(): since E_ŷ[∇ℓ(ŷ)] = 0 and E_ŷ[∇ℓ∇ℓᵀ] = Gauss-Newton
     (the Bartlett identity), bs·ĝ⊙ĝ is an unbiased estimate of the Gauss-Newton diagonal of the mean loss.
     Pass the FULL logits of every position (not just the last one) and no true labels anywhere.
     generator: a torch.Generator for the draws, or a list of them, one per row of logits (dim 0): seeded per
     sequence, the labels then do not depend on how a batch is split into micro-batches or processes.
-    ignore_mask (bool, same shape as logits[..., 0]) marks positions to leave out (e.g. padding)."""
-    with torch.no_grad():
-        if isinstance(generator, (list, tuple)):    # row by row: also keeps the fp32 probabilities small
-            labels = torch.stack([torch.multinomial(row.float().reshape(-1, row.size(-1)).softmax(-1), 1,
-                                                    generator=g).reshape(row.shape[:-1])
-                                  for row, g in zip(logits, generator, strict=True)])
-        else:
-            probs = logits.float().reshape(-1, logits.size(-1)).softmax(-1)
-            labels = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
-        if ignore_mask is not None:
-            labels[ignore_mask] = -1
+    ignore_mask (bool, same shape as logits[..., 0]) marks positions to leave out (e.g. padding).
+    gnb_backward() computes the same gradient for the same draws at about the memory of the logits alone."""
+    labels = gnb_sample(logits, generator=generator)
+    if ignore_mask is not None:
+        labels[ignore_mask] = -1
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-1)
+
+
+def gnb_backward(logits, *, generator=None, ignore_mask=None, scale=1.0):
+    """gnb_loss(logits, ...).mul(scale).backward() for the same draws, without a second log-softmax: the
+    gradient of mean cross-entropy against ŷ is (softmax(logits) − onehot(ŷ)) / N per position, so it is
+    formed chunk by chunk from the one softmax the sampling needs and backpropagated from the logits.
+    When the logits are an intermediate result (not a leaf) and contiguous, their memory is reused for their
+    gradient, so the pass needs no more than the logits' own memory: they are overwritten. Autograd still
+    refuses, loudly, if something saved them for its backward. Returns the GNB loss (detached, for logging)."""
+    vocab = logits.size(-1)
+    keep = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device) if ignore_mask is None \
+        else ~ignore_mask
+    keep, u = keep.reshape(-1), _row_uniforms(logits, generator).reshape(-1)
+    # N: the positions not ignored, as cross_entropy's mean counts them (a tensor: no host sync)
+    n_kept = keep.numel() if ignore_mask is None else keep.sum().clamp_min(1)
+    with torch.no_grad():
+        reuse = logits.grad_fn is not None and logits.is_contiguous()
+        grad = logits.detach() if reuse else torch.empty_like(logits, memory_format=torch.contiguous_format)
+        flat, out = logits.detach().reshape(-1, vocab), grad.view(-1, vocab)
+        loss = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for a, b in _gnb_chunks(logits):
+            probs = flat[a:b].float().softmax(-1)
+            labels = _draw(probs, u[a:b])
+            picked = probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+            mask = keep[a:b]
+            loss -= torch.where(mask, picked.double().log(), 0.0).sum()
+            probs.scatter_add_(1, labels.unsqueeze(1), -torch.ones_like(picked).unsqueeze(1))   # p − onehot(ŷ)
+            probs.mul_((mask.float() * scale / n_kept).unsqueeze(1))    # / N; ignored rows → 0
+            out[a:b] = probs
+    logits.backward(grad)
+    return (loss / n_kept).float()
 
 
 def hessian_vector_product(loss, params, vectors, grads=None):
@@ -494,6 +561,8 @@ def _fused_sophia(batches):
         if any(torch.is_tensor(x) for row in rows for x in row):   # capturable: stay on the device
             hyper = torch.stack([torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device)
                                               for x in row]) for row in rows])
+        elif device.type == "cuda":   # a pinned buffer, copied without waiting: no host sync in step()
+            hyper = torch.tensor(rows, dtype=torch.float64).pin_memory().to(device, non_blocking=True)
         else:
             hyper = torch.tensor(rows, dtype=torch.float64, device=device)
         lists = [[batches[k][key][i] for k, i in items] for key in ("params", "grads", "exp_avgs", "hessians")]

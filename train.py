@@ -52,7 +52,7 @@ from configurator import UserError, config_to_dict, load_config
 from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
 from lion import FOREACH_DEVICES as LION_FOREACH_DEVICES, Lion
 from model import GPT, GPTConfig
-from sophia import SophiaG, SophiaH, gnb_loss, hutchinson_estimate
+from sophia import SophiaG, SophiaH, gnb_backward, hutchinson_estimate
 from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
 
 # Each optimizer's hyperparameters, for the keys left at None: the one source of them for the training loop
@@ -98,6 +98,10 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     scale_attn_by_inverse_layer_idx: bool = True   # as upstream Sophia's GPT-2 runs (since 2024-01)
+    parallel_block: bool = False            # phi-1 style: x + attn(ln(x)) + mlp(ln(x)), one LayerNorm per block
+    rotary_dim: int = 0                     # phi-1 style: rotary on this many channels of each head, no learned
+                                            # positions; 0: GPT-2's learned positions
+    tie_embeddings: bool = True             # False: an untied output head (with a bias when bias=True), as phi-1
     vocab_size: int | None = None           # None: the dataset's vocabulary rounded up to a multiple of 64
     # optimizer (None: OPTIMIZER_DEFAULTS of optimizer_name)
     optimizer_name: Literal["sophiag", "sophiah", "adamw", "lion"] = "sophiag"
@@ -111,6 +115,9 @@ class TrainConfig:
     hess_total_bs: int | None = None        # sequences in the Hessian pass; None: total_bs (as upstream).
                                             # Smaller costs less (the pass is ~hess_total_bs/total_bs of a
                                             # step, every hess_interval steps) but gives a noisier estimate
+    hess_batch_size: int | None = None      # sequences per Hessian micro-batch; None: min(batch_size,
+                                            # hess_total_bs). Sophia-H's double backward holds more memory
+                                            # per sequence than training: lower it there (same estimate)
     optimizer_impl: Literal["auto", "single", "foreach", "fused"] = "auto"  # optimizer code path
     # learning-rate schedule: linear warmup, cosine decay to min_lr at lr_decay_iters
     max_iters: int = 600000                 # optimizer steps to run
@@ -141,8 +148,9 @@ class TrainConfig:
 RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
                   "keep_last", "init_from", "resume_override", "wandb_log", "wandb_project", "wandb_run_name",
                   "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
-                  "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
-NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias"}
+                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
+NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
+                    "parallel_block", "rotary_dim", "tie_embeddings"}
 DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None
 
 
@@ -160,6 +168,8 @@ def resolve(cfg, world_size):
         cfg.lr_decay_iters = cfg.max_iters
     if cfg.hess_total_bs is None:
         cfg.hess_total_bs = cfg.total_bs
+    if cfg.hess_batch_size is None:
+        cfg.hess_batch_size = min(cfg.batch_size, cfg.hess_total_bs)
     cfg.device = devices.default_device(cfg.device)
     cfg.dtype = devices.resolve_dtype(cfg.dtype, cfg.device)
     cuda = cfg.device.startswith("cuda")
@@ -169,7 +179,7 @@ def resolve(cfg, world_size):
         cfg.backend = "nccl" if cuda else "gloo"
 
     positive = ["eval_interval", "log_interval", "eval_iters", "keep_last", "total_bs", "batch_size",
-                "block_size", "max_iters", "lr_decay_iters", "hess_interval", "hess_total_bs"]
+                "block_size", "max_iters", "lr_decay_iters", "hess_interval", "hess_total_bs", "hess_batch_size"]
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be a positive integer, got {getattr(cfg, key)}")
@@ -202,10 +212,10 @@ def resolve(cfg, world_size):
     if cfg.fsdp and cfg.dtype == "float16":
         raise UserError("fsdp=True does not support dtype='float16' (its loss scaler would skip steps on some "
                         "shards only); use --dtype=bfloat16 or float32")
-    if cfg.optimizer_name.startswith("sophia") and cfg.hess_total_bs > cfg.batch_size and \
-            cfg.hess_total_bs % cfg.batch_size:
-        raise UserError(f"hess_total_bs={cfg.hess_total_bs} must be at most batch_size={cfg.batch_size} or a "
-                        f"multiple of it (the Hessian pass runs in micro-batches of batch_size sequences)")
+    if cfg.optimizer_name.startswith("sophia") and cfg.hess_total_bs % cfg.hess_batch_size:
+        raise UserError(f"hess_total_bs={cfg.hess_total_bs} must be a multiple of hess_batch_size="
+                        f"{cfg.hess_batch_size} (the Hessian pass runs in micro-batches of hess_batch_size "
+                        f"sequences; it defaults to min(batch_size, hess_total_bs))")
     return grad_accum
 
 
@@ -300,12 +310,10 @@ class StopRequest:
             print(f"{self.signal}: stopping after this step, then checkpointing (Ctrl-C again to stop at once; "
                   f"the checkpoints on disk stay intact)", file=sys.stderr, flush=True)
 
-    def agreed(self, run):
-        """Whether any rank was asked to stop (all ranks must leave the loop together)."""
-        flag = torch.tensor([self.signal is not None], dtype=torch.float32, device=run.device)
-        if run.ddp:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def flag(self, like):
+        """1.0 if this rank was asked to stop, as a tensor beside `like`: train_step reduces it over ranks with
+        the loss (all ranks must leave the loop together), with no collective or host sync of its own."""
+        return like.new_full((), float(self.signal is not None))
 
 
 def main(argv=None, defaults=None):
@@ -357,7 +365,9 @@ class Trainer:
                             f"({self.dataset.vocab_size}); leave vocab_size unset")
         self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                block_size=cfg.block_size, vocab_size=vocab, dropout=cfg.dropout, bias=cfg.bias,
-                               scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx)
+                               scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx,
+                               parallel_block=cfg.parallel_block, rotary_dim=cfg.rotary_dim,
+                               tie_embeddings=cfg.tie_embeddings)
         try:
             self.raw_model = GPT(GPTConfig(**self.model_args)).to(run.device)
         except ValueError as err:
@@ -386,10 +396,12 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
         self.stop = StopRequest(announce=run.master)
+        self.prefetched = None          # (iteration, its micro-batches), loaded ahead by train_step
         self.wandb = None
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        layout = " (FSDP)" if self.fsdp else " (DDP)" if run.ddp else ""
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
-                  f"{run.world} process(es){' (FSDP)' if self.fsdp else ''} x {cfg.batch_size} sequences x "
+                  f"{run.world} process(es){layout} x {cfg.batch_size} sequences x "
                   f"{grad_accum} accumulation steps = "
                   f"{cfg.total_bs} sequences = {self.tokens_per_iter:,} tokens per iteration; device "
                   f"{run.device}, {cfg.dtype}, compile={cfg.compile}, optimizer step: {self._step_path()}")
@@ -439,7 +451,8 @@ class Trainer:
     def _load_checkpoint(self):
         """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding)."""
         ckpt, path = checkpoint.load_latest(self.cfg.out_dir)
-        saved_args = ckpt["model_args"]
+        # a key a checkpoint lacks (written before that switch existed) had GPTConfig's default, GPT-2's
+        saved_args = {**{k: f.default for k, f in GPTConfig.__dataclass_fields__.items()}, **ckpt["model_args"]}
         differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in self.model_args.items()
                   if saved_args.get(k) != v]
         if differ:
@@ -566,37 +579,48 @@ class Trainer:
     def _dummy_batch(self, size):
         return torch.zeros((size, self.cfg.block_size), dtype=torch.long, device=self.run.device)
 
+    def _train_batches(self, iter_num):
+        """This rank's micro-batches of iteration iter_num, loaded by the previous train_step if it could."""
+        if self.prefetched is not None and self.prefetched[0] == iter_num:
+            return self.prefetched[1]
+        return self.sampler.micro_batches(self.cfg.seed, TRAIN, iter_num, self.cfg.total_bs)
+
     def train_step(self, iter_num):
-        """Forward/backward over this rank's micro-batches. Returns (mean loss over the global batch,
-        global grad norm before clipping), both as host floats."""
-        batches = self.sampler.micro_batches(self.cfg.seed, TRAIN, iter_num, self.cfg.total_bs)
+        """Forward/backward over this rank's micro-batches. Returns (mean loss over the global batch, global
+        grad norm before clipping, whether any rank was asked to stop) as host values: the iteration's one
+        host sync. The next iteration's batches are loaded before it, so that their host-side work (and, on
+        CUDA, their copies) runs while the device is still busy with this one."""
+        batches = self._train_batches(iter_num)
         loss_sum = torch.zeros((), device=self.run.device)
         for micro, (_, x, y) in enumerate(batches):
             self._sync_grads(micro == len(batches) - 1)
             with self.run.autocast:
-                _, loss = self.model(x, y)
+                loss = self.model(x, y)[1]     # the logits are freed here, not after the next forward
             loss_sum += loss.detach()
             self.scaler.scale(loss / len(batches)).backward()
+        self.prefetched = (iter_num + 1, self.sampler.micro_batches(self.cfg.seed, TRAIN, iter_num + 1,
+                                                                    self.cfg.total_bs))
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         if self.cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        loss_mean = self.run.all_mean(loss_sum / len(batches))
-        loss_value, norm_value = torch.stack([loss_mean, full_tensor(grad_norm).float()]).tolist()  # one sync
-        return loss_value, norm_value
+        # one all-reduce for the loss and the stop flag (its mean is > 0 when any rank was signalled)
+        loss_mean, stop = self.run.all_mean(torch.stack([loss_sum / len(batches), self.stop.flag(loss_sum)]))
+        loss_value, norm_value, stop_value = torch.stack([loss_mean, full_tensor(grad_norm).float(), stop]).tolist()
+        return loss_value, norm_value, stop_value > 0
 
     def hessian_refresh(self, iter_num):
         """Sophia-G: backprop the loss against labels sampled from the model's own full logits (GNB) on a
         fresh batch of hess_total_bs sequences, sum the gradients over ranks, clip them like the training
         gradient (as upstream), then h <- β2 h + (1 - β2) ĝ⊙ĝ. Sophia-H: the Hutchinson estimate u⊙(∇²L u)
         with one probe u per refresh, averaged over micro-batches and ranks.
-        The Hessian batch is cut into micro-batches of min(batch_size, hess_total_bs) rows whatever the world
+        The Hessian batch is cut into micro-batches of hess_batch_size rows whatever the world
         size (a rank may get none; under FSDP it joins with dummy passes), labels are seeded per global row and
         the probe per iteration: the estimate is the same on 1 or N processes, up to the order of float sums."""
         cfg, run = self.cfg, self.run
-        size = min(cfg.batch_size, cfg.hess_total_bs)
+        size = cfg.hess_batch_size
         batches = self.sampler.micro_batches(cfg.seed, HESSIAN, iter_num, cfg.hess_total_bs, batch_size=size)
         n_micro = cfg.hess_total_bs // size                  # over all ranks
         seed = lambda *parts: derive_seed(cfg.seed, HESSIAN, iter_num, *parts)  # noqa: E731
@@ -619,8 +643,10 @@ class Trainer:
                     generators = [torch.Generator(device=run.device).manual_seed(seed(first_row + r))
                                   for r in range(len(x))]
                 with run.autocast:
-                    logits, _ = self.compiled(x)      # not through DDP: the sum over ranks is below (FSDP: through it)
-                (gnb_loss(logits, generator=generators) * weight).backward()
+                    logits = self.compiled(x)[0]      # not through DDP: the sum over ranks is below (FSDP: through it)
+                # = (gnb_loss(logits) * weight).backward(), in the logits' own memory and one softmax
+                gnb_backward(logits, generator=generators, scale=weight)
+                del logits                          # before the next micro-batch's forward
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             if self.fsdp:      # FSDP averaged the shards' gradients over ranks; the estimate is their sum
                 torch._foreach_mul_(grads, float(run.world))
@@ -641,7 +667,7 @@ class Trainer:
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
                 for _, x, y in batches:
                     with run.autocast:
-                        _, loss = self.raw_model(x, y)
+                        loss = self.raw_model(x, y)[1]
                     generator.manual_seed(seed())      # the same probe u for every micro-batch and rank
                     torch._foreach_add_(total, hutchinson_estimate(loss / n_micro, params, generator=generator))
             total = self._all_reduce_sum(total)       # DDP does not reduce second-order gradients
@@ -667,7 +693,7 @@ class Trainer:
             for batch in self._in_lockstep(batches, count, self.cfg.batch_size):
                 x, y = (self._dummy_batch(self.cfg.batch_size),) * 2 if batch is None else batch[1:]
                 with self.run.autocast:
-                    _, loss = self.compiled(x, y)
+                    loss = self.compiled(x, y)[1]       # the logits are freed here, not after the next forward
                 if batch is not None:
                     total += torch.stack([loss.float(), torch.ones((), device=self.run.device)])
             if self.run.ddp:
@@ -681,8 +707,9 @@ class Trainer:
     def hessian_stats(self):
         """Sophia's diagnostics right after a refresh, as upstream computes them (held until the next one)."""
         stats = self.optimizer.stats(**self.step_kwargs)
-        return {"train/win_rate": stats["win_rate"].item(), "hessian_norm": stats["hessian_norm"].item(),
-                "hessian_norm2": stats["hessian_norm2"].item()}
+        names = {"train/win_rate": "win_rate", "hessian_norm": "hessian_norm", "hessian_norm2": "hessian_norm2"}
+        values = torch.stack([stats[key].float() for key in names.values()]).tolist()    # one host sync
+        return dict(zip(names, values))
 
     def norms(self):
         """L2 norms of the parameters and of the momentum (exp_avg in every optimizer here), on the device."""
@@ -813,18 +840,18 @@ class Trainer:
                       f"nothing to train (pass a larger --max_iters to continue it)")
             return
         self.start_logging()
-        skipped_in_a_row = 0
+        skipped_in_a_row, window = 0, None
         while True:
             iter_num = state["iter_num"]
             if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
                 self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
             if iter_num >= cfg.max_iters or cfg.eval_only:
                 break
-            t0, compiled_before, cpu_before = time.perf_counter(), compile_seconds(), time.process_time()
+            window = window or TimingWindow(run.device)
             lr = get_lr(iter_num, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm = self.train_step(iter_num)
+            loss, grad_norm, stopping = self.train_step(iter_num)
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             if finite or (self.scaler.is_enabled() and math.isfinite(loss)):
                 # fp16: an overflowing gradient is routine, the GradScaler skips that step and lowers its scale
@@ -836,23 +863,29 @@ class Trainer:
                 state["skipped_steps"] += 1
             skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
             self.optimizer.zero_grad(set_to_none=True)
-            if self.sophia and finite and iter_num % cfg.hess_interval == cfg.hess_interval - 1:
+            refreshed = self.sophia and finite and iter_num % cfg.hess_interval == cfg.hess_interval - 1
+            if refreshed:
                 self.hessian_refresh(iter_num)
                 state["diagnostics"] = self.hessian_stats()
             state["iter_num"] = iter_num + 1
             state["tokens"] += self.tokens_per_iter
-            # time spent compiling (the model's first passes, Sophia's fused step) is kept out of the timings
-            compiling = compile_seconds() - compiled_before
-            dt = max(time.perf_counter() - t0 - compiling, 1e-9)
-            state["train_time"] += dt
-            state["compile_time"] += compiling
-            state["cpu_time"] += time.process_time() - cpu_before
-            if iter_num % cfg.log_interval == 0:
-                self._log_step(iter_num, loss, grad_norm, lr, dt)
+            window.add(refreshed)
+            # the window closes (one device synchronize) where its time is read: a log line, and before an
+            # evaluation, a checkpoint or the end, so that state["train_time"] is exact when saved
+            next_iter = iter_num + 1
+            if (iter_num % cfg.log_interval == 0 or next_iter % cfg.eval_interval == 0 or
+                    next_iter >= cfg.max_iters or stopping):
+                window.close(state)
+                if iter_num % cfg.log_interval == 0:
+                    self._log_step(iter_num, loss, grad_norm, lr, window)
+                window = None
             if skipped_in_a_row >= 20:
                 raise UserError(f"20 consecutive steps had a non-finite loss or gradient (last at iteration "
                                 f"{iter_num}); lower --learning_rate or check the data")
-            if self.stop.agreed(run):
+            # ranks agree through train_step's reduction; a single process also stops on a signal that came later
+            if stopping or (not run.ddp and self.stop.signal is not None):
+                if window is not None:       # not closed above: the signal came after train_step
+                    window.close(state)
                 self.save_checkpoint(is_best=False)
                 run.print(f"stopped by {self.stop.signal or 'a signal on another rank'} after iteration {iter_num}; "
                           f"continue with --init_from=resume")
@@ -867,10 +900,18 @@ class Trainer:
                             f"--learning_rate, or pass --nonfinite=skip to skip such steps")
         self.run.print(f"{message}: step skipped")
 
-    def _log_step(self, iter_num, loss, grad_norm, lr, dt):
-        state, steps = self.state, iter_num + 1
+    def _log_step(self, iter_num, loss, grad_norm, lr, window):
+        state, steps, cfg = self.state, iter_num + 1, self.cfg
+        dt = window.seconds_per_iter
         tokens_per_sec = self.tokens_per_iter / dt
         mfu = self.raw_model.estimate_mfu(tokens_per_sec / self.run.world, self.run.device)
+        mfu_with_hessian = None
+        if mfu is not None and self.sophia:
+            # the Hessian pass's FLOPs too: a forward-backward per sequence (Sophia-H: about twice that, for the
+            # Hessian-vector product's second backward), on hess_total_bs sequences per refresh
+            passes = 1 if cfg.optimizer_name == "sophiag" else 2
+            hessian_tokens = window.refreshes * passes * cfg.hess_total_bs * cfg.block_size / window.iters
+            mfu_with_hessian = mfu * (1 + hessian_tokens / self.tokens_per_iter)
         record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "train/clip_rate": state["clipped_steps"] / steps, "train/skipped_steps": state["skipped_steps"],
                   **self.norms()}
@@ -878,12 +919,36 @@ class Trainer:
             record.update({"train/win_rate": 0.0, "hessian_norm": 0.0, "hessian_norm2": 0.0}, **state["diagnostics"])
         record.update(tokens=state["tokens"], time=state["train_time"], cpu_time=state["cpu_time"],
                       compile_time=state["compile_time"], tokens_per_sec=tokens_per_sec, iter_time_ms=dt * 1000,
-                      mfu=mfu)
+                      mfu=mfu, **({"mfu_with_hessian": mfu_with_hessian} if self.sophia else {}))
         self.log("train", iter_num, record)
         extra = f", win_rate {record['train/win_rate']:.3f}" if self.sophia else ""
         self.run.print(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad_norm {grad_norm:.3f}{extra}, "
-                       f"{dt * 1000:.0f} ms, {tokens_per_sec:,.0f} tok/s, "
+                       f"{dt * 1000:.0f} ms{f' (mean of {window.iters})' if window.iters > 1 else ''}, "
+                       f"{tokens_per_sec:,.0f} tok/s, "
                        f"mfu {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
+
+
+class TimingWindow:
+    """Wall, CPU and compile time over consecutive iterations, read with one device synchronize when it closes
+    (not one per iteration: the queue of device work stays full). Time spent compiling (the model's first
+    passes, Sophia's fused step) is kept out of the training time."""
+
+    def __init__(self, device):
+        self.device, self.iters, self.refreshes = device, 0, 0
+        self.start, self.cpu_start, self.compile_start = time.perf_counter(), time.process_time(), compile_seconds()
+
+    def add(self, refreshed):
+        self.iters += 1
+        self.refreshes += bool(refreshed)
+
+    def close(self, state):
+        devices.synchronize(self.device)
+        compiling = compile_seconds() - self.compile_start
+        elapsed = max(time.perf_counter() - self.start - compiling, 1e-9)
+        self.seconds_per_iter = elapsed / self.iters
+        state["train_time"] += elapsed
+        state["compile_time"] += compiling
+        state["cpu_time"] += time.process_time() - self.cpu_start
 
 
 def compile_seconds():

@@ -11,11 +11,19 @@ from configurator import UserError
 
 @pytest.fixture
 def gpu(monkeypatch):
-    """Pretend a GPU is visible; `native` says whether it has bf16 in hardware (A100) or only emulates it (V100)."""
-    state = {"native": True}
+    """Pretend a GPU is visible; `native` says whether it has bf16 in hardware (A100: compute capability 8.0) or
+    only emulates it (V100: 7.0). `asked` records the devices whose capability was read."""
+    state = {"native": True, "asked": []}
+
+    def capability(device=None):
+        state["asked"].append(device)
+        return (8, 0) if state["native"] else (7, 0)
+
+    def creates_a_context(*args, **kwargs):
+        raise AssertionError("is_bf16_supported() creates a CUDA context on the current device of every rank")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                        lambda including_emulation=True: state["native"] or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", creates_a_context)
     return state
 
 
@@ -33,6 +41,7 @@ def test_cpu_defaults():
 def test_gpu_dtype_counts_only_native_bf16(gpu):
     assert devices.default_device("auto") == "cuda"
     assert devices.resolve_dtype("auto", "cuda:1") == "bfloat16"
+    assert gpu["asked"] == [torch.device("cuda:1")]     # that GPU's own capability, not the current device's
     gpu["native"] = False         # emulated bf16 is slow: such GPUs get fp16 (with a loss scaler in training)
     assert devices.resolve_dtype("auto", "cuda") == "float16"
     assert devices.resolve_dtype("auto", "mps") == "float32"

@@ -275,8 +275,13 @@ def test_peak_flops_and_mfu():
     assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert gpu_peak_flops("NVIDIA H100 NVL") == 835e12
     assert gpu_peak_flops("NVIDIA L4") == 121e12
-    # no guessing: similar-looking names stay unknown
-    for unknown in ("NVIDIA A10G", "NVIDIA L40S", "NVIDIA GB200", "Some Future GPU"):
+    # each name its own row, not a look-alike's: L40S is not L4, GB200 not B200, A800 not A100, H800 PCIe not SXM
+    for name, flops in [("NVIDIA L40S", 362.05e12), ("NVIDIA GB200", 2.5e15), ("NVIDIA B200", 2.25e15),
+                        ("NVIDIA A800-SXM4-80GB", 312e12), ("NVIDIA H800", 989e12), ("NVIDIA H800 PCIe", 756e12),
+                        ("NVIDIA H20", 148e12), ("Tesla T4", 65e12), ("NVIDIA A10", 125e12)]:
+        assert gpu_peak_flops(name) == flops, name
+    # no guessing: names without a datasheet row stay unknown (A10G is not the A10)
+    for unknown in ("NVIDIA A10G", "NVIDIA H2", "Some Future GPU"):
         assert gpu_peak_flops(unknown) is None, unknown
 
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import sophia
-from sophia import EPS, SophiaG, SophiaH, gnb_loss, hessian_vector_product, hutchinson_estimate
+import sophia
+from sophia import (EPS, SophiaG, SophiaH, gnb_backward, gnb_loss, gnb_sample, hessian_vector_product,
+                    hutchinson_estimate)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sophiag_reference.json"
 PATHS = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
@@ -506,6 +508,82 @@ def test_gnb_loss_ignores_masked_positions_and_uses_no_true_labels():
     gen = torch.Generator().manual_seed(0)
     mean_grad = sum(torch.autograd.grad(gnb_loss(logits, generator=gen), logits)[0] for _ in range(4000)) / 4000
     assert mean_grad.abs().max() < 0.04
+
+
+def test_gnb_sample_draws_from_the_softmax():
+    """Frequencies of 40,000 draws match softmax(logits) within 5σ per class; a class of probability 0 is never
+    drawn; several chunks (a tiny GNB_CHUNK) draw exactly what one chunk draws."""
+    logits = torch.tensor([[2.0, 0.5, -1.0, float("-inf"), 0.0, -3.0]]).expand(40_000, -1).contiguous()
+    labels = gnb_sample(logits, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(labels, minlength=6).double() / len(labels)
+    p = logits[0].double().softmax(-1)
+    sigma = (p * (1 - p) / len(labels)).sqrt()
+    assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
+    assert freq[3] == 0
+    old = sophia.GNB_CHUNK
+    try:
+        sophia.GNB_CHUNK = 6 * 7          # 7 positions per chunk
+        chunked = gnb_sample(logits, generator=torch.Generator().manual_seed(0))
+    finally:
+        sophia.GNB_CHUNK = old
+    assert torch.equal(chunked, labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_gnb_backward_is_the_gradient_of_gnb_loss_for_the_same_draws(dtype):
+    """gnb_backward (one softmax, (p − onehot(ŷ))/N written over the logits) and gnb_loss's backward give the
+    same parameter gradients and loss for the same generators, masks and scale, through a model whose output
+    is not a leaf (the path train.py takes), under several chunks. bf16 logits: as under autocast, where both
+    round the logits' gradient to bf16 (tolerance: 2 bf16 ulps)."""
+    torch.manual_seed(0)
+    B, T, D, V = 3, 5, 8, 11
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    W = torch.nn.Parameter(torch.randn(D, V, dtype=torch.float64))
+    mask = torch.rand(B, T) < 0.3
+    gens = lambda: [torch.Generator().manual_seed(10 + r) for r in range(B)]  # noqa: E731
+    old = sophia.GNB_CHUNK
+    try:
+        sophia.GNB_CHUNK = V * 4
+        reference = gnb_loss((x @ W).to(dtype), generator=gens(), ignore_mask=mask) * 0.7
+        reference.backward()
+        expected, W.grad = W.grad.clone(), None
+        logits = (x @ W).to(dtype)
+        loss = gnb_backward(logits, generator=gens(), ignore_mask=mask, scale=0.7)
+    finally:
+        sophia.GNB_CHUNK = old
+    rtol = 1e-6 if dtype == torch.float64 else 2 ** -7
+    torch.testing.assert_close(W.grad, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+    torch.testing.assert_close(loss.double(), reference.detach().double() / 0.7, rtol=1e-6, atol=0)
+    # a leaf is never overwritten: its .grad is the same gradient, and the logits stay as they were
+    leaf = (x @ W).detach().requires_grad_()
+    before = leaf.detach().clone()
+    gnb_backward(leaf, generator=gens())
+    (g,) = torch.autograd.grad(gnb_loss(leaf, generator=gens()), leaf)
+    torch.testing.assert_close(leaf.grad, g, rtol=1e-6, atol=1e-9)
+    assert torch.equal(leaf.detach(), before)
+
+
+def test_gnb_backward_needs_no_memory_beyond_the_logits():
+    """Beyond the weights' gradient, gnb_backward allocates a few chunks (reusing the logits for their own
+    gradient); gnb_loss's backward allocates two logits-sized tensors at least (log-softmax and its gradient)."""
+    from bench.measure import peak_extra_bytes
+    torch.manual_seed(0)
+    B, T, D, V = 4, 64, 16, 4096
+    x, W = torch.randn(B, T, D), torch.nn.Parameter(torch.randn(D, V) * 0.1)
+    logits_bytes, grad_bytes = B * T * V * 4, D * V * 4
+    gens = lambda: [torch.Generator().manual_seed(r) for r in range(B)]  # noqa: E731
+    old = sophia.GNB_CHUNK
+    try:
+        sophia.GNB_CHUNK = 8 * V          # chunks of 8 positions: 128 KB of fp32, 256 KB of fp64
+        logits = x @ W
+        fast = peak_extra_bytes(lambda: gnb_backward(logits, generator=gens()), torch.device("cpu"))
+        W.grad = None
+        logits = x @ W
+        slow = peak_extra_bytes(lambda: gnb_loss(logits, generator=gens()).backward(), torch.device("cpu"))
+    finally:
+        sophia.GNB_CHUNK = old
+    assert fast <= grad_bytes + 0.1 * logits_bytes, (fast, logits_bytes)
+    assert slow >= grad_bytes + 2 * logits_bytes, (slow, logits_bytes)
 
 
 def test_gnb_loss_with_per_row_generators_does_not_depend_on_the_split():

@@ -402,6 +402,41 @@ def test_smaller_hessian_batch_keeps_the_curvature_scale(data_dir, tmp_path, one
     assert means[8] / means[16] == pytest.approx(1.0, abs=0.15)
 
 
+
+def test_hessian_micro_batch_size_does_not_change_the_estimate(data_dir, tmp_path, one_thread):
+    """hess_batch_size only cuts the Hessian batch differently (labels are seeded per sequence): the same h."""
+    hessians = {}
+    for size in (8, 2):      # the default, min(batch_size=8, hess_total_bs=8), and micro-batches of 2
+        trainer = train.make_trainer(tiny_argv(data_dir, tmp_path / str(size), "--hess_total_bs=8",
+                                               f"--hess_batch_size={size}"))
+        trainer.stop.restore()
+        assert trainer.cfg.hess_batch_size == size
+        trainer.hessian_refresh(9)
+        hessians[size] = [s["hessian"] for s in trainer.optimizer.state.values()]
+    for a, b in zip(hessians[8], hessians[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    assert sum(h.sum() for h in hessians[2]) > 0
+
+
+def test_logged_time_is_the_mean_over_each_log_window(data_dir, tmp_path, one_thread, monkeypatch):
+    """iter_time_ms is the mean over the iterations since the previous log line (the device is synchronized
+    only there), and those windows add up to the cumulative training time; MFU with the Hessian pass counts
+    its forward-backward on hess_total_bs sequences once per hess_interval steps."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "peak_flops", lambda device: 1e12)   # an MFU on CPU, for the arithmetic
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=31", "--log_interval=10", "--eval_interval=1000"))
+    rows = events(tmp_path)
+    assert sorted(rows) == [0, 10, 20, 30]
+    for previous, it in [(0, 10), (10, 20), (20, 30)]:
+        window = rows[it]["time"] - rows[previous]["time"]
+        assert rows[it]["iter_time_ms"] * (it - previous) / 1e3 == pytest.approx(window, rel=1e-9)
+        # tiny config: hess_total_bs 4 of total_bs 16, every 10 steps, and one refresh in each window
+        assert rows[it]["mfu_with_hessian"] / rows[it]["mfu"] == pytest.approx(1 + 4 / 16 / 10, rel=1e-9)
+    assert rows[0]["mfu_with_hessian"] == rows[0]["mfu"]        # iteration 0: no refresh yet
+    final = events(tmp_path, "eval")[31]
+    assert final["time"] >= rows[30]["time"]
+
+
 # ------------------------------------------------------------------------------------------------------
 # bad input: one clear message, exit status 2, no traceback, nothing saved is damaged
 
@@ -425,6 +460,8 @@ BAD_INPUTS = {
     "negative interval": (["--eval_interval=-5"], ["eval_interval", "positive"]),
     "zero hessian interval": (["--hess_interval=0"], ["hess_interval"]),
     "total_bs not divisible": (["--total_bs=20"], ["total_bs=20", "batch_size"]),
+    "hessian batch not divisible": (["--hess_total_bs=6", "--hess_batch_size=4"], ["hess_total_bs=6",
+                                                                                   "hess_batch_size=4"]),
     "accumulation does not multiply out": (["--gradient_accumulation_steps=3"], ["gradient_accumulation_steps=3",
                                                                                  "total_bs=16"]),
     "block_size larger than the data": (["--block_size=100000000"], ["block_size"]),

