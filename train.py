@@ -54,6 +54,7 @@ from lion import FOREACH_DEVICES as LION_FOREACH_DEVICES, Lion
 from model import GPT, GPTConfig
 from sophia import SophiaG, SophiaH, gnb_backward, hutchinson_estimate
 from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
+from tokenizer import tokenizer_from_meta
 
 # Each optimizer's hyperparameters, for the keys left at None: the one source of them for the training loop
 # (config files set only the ones that differ, e.g. a larger model's lr). GPT-2 small values from the Sophia
@@ -75,6 +76,11 @@ class TrainConfig:
     log_interval: int = 1                   # print / metrics.jsonl / wandb every this many iterations
     eval_iters: int = 200                   # micro-batches per split in each evaluation (fixed batches)
     eval_only: bool = False                 # evaluate once and exit
+    eval_tasks: str = ""                    # SuperGLUE tasks scored in-context at each evaluation and logged as
+                                            # icl/<task> (eval.py's --tasks names, e.g. "boolq,copa"); "": off.
+                                            # Needs pip install -r requirements-eval.txt
+    eval_tasks_limit: int = 100             # documents per task in that evaluation (the first ones)
+    eval_tasks_data: str | None = None      # offline task files, as eval.py's --task_data; None: lm-eval's hub
     always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
     init_from: Literal["scratch", "resume"] = "scratch"
@@ -146,7 +152,7 @@ class TrainConfig:
 # experiment and is refused on resume, unless resume_override names it; the model's shape and the optimizer
 # never change.
 RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
-                  "keep_last", "init_from", "resume_override", "wandb_log", "wandb_project", "wandb_run_name",
+                  "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit", "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name",
                   "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
                   "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
 NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
@@ -209,6 +215,9 @@ def resolve(cfg, world_size):
     if cfg.fsdp and cfg.optimizer_name == "sophiah":
         raise UserError("optimizer_name='sophiah' cannot run with fsdp=True: its Hessian-vector product needs a "
                         "double backward, which FSDP's gradient hooks do not support; use DDP (--fsdp=False)")
+    if cfg.eval_tasks and cfg.fsdp:
+        raise UserError("eval_tasks runs on rank 0 alone, but under fsdp=True every rank holds only a shard of the "
+                        "model; leave eval_tasks empty and run eval.py --tasks=... on the checkpoints instead")
     if cfg.fsdp and cfg.dtype == "float16":
         raise UserError("fsdp=True does not support dtype='float16' (its loss scaler would skip steps on some "
                         "shards only); use --dtype=bfloat16 or float32")
@@ -354,6 +363,10 @@ class Trainer:
         self.code = code_info()
         data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg.dataset)
         self.dataset = TokenDataset(data_dir, cfg.block_size)
+        if cfg.eval_tasks:     # fail now, not at the first evaluation: lm-eval installed, the task names known
+            import lm_eval_adapter
+            lm_eval_adapter.task_names(cfg.eval_tasks)
+            self.tokenizer = tokenizer_from_meta(data_dir)
         self.sampler = Sampler(self.dataset, cfg.batch_size, run.rank, run.world, run.device)
         self._prepare_out_dir()
 
@@ -704,6 +717,15 @@ class Trainer:
             self.raw_model.reshard()
         return out
 
+    def icl_metrics(self):
+        """{"icl/<task>": accuracy} on the first eval_tasks_limit documents of each task, 0-shot, through
+        lm-eval (lm_eval_adapter); the RNG states and the train/eval mode are left as they were."""
+        import lm_eval_adapter       # an optional extra: imported only when eval_tasks is set
+        cfg = self.cfg
+        return lm_eval_adapter.icl_metrics(self.raw_model, self.tokenizer, cfg.eval_tasks.split(","),
+                                           limit=cfg.eval_tasks_limit, task_data=cfg.eval_tasks_data,
+                                           batch_size=cfg.batch_size, autocast=self.run.autocast)
+
     def hessian_stats(self):
         """Sophia's diagnostics right after a refresh, as upstream computes them (held until the next one)."""
         stats = self.optimizer.stats(**self.step_kwargs)
@@ -799,9 +821,12 @@ class Trainer:
         if improved:
             self.state["best_val_loss"] = losses["val"]
         self.run.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        self.log("eval", iter_num, {"val/loss": losses["val"], "eval/train_loss": losses["train"],
-                                    "tokens": self.state["tokens"], "time": self.state["train_time"],
-                                    "lr": get_lr(iter_num, self.cfg)})
+        record = {"val/loss": losses["val"], "eval/train_loss": losses["train"], "tokens": self.state["tokens"],
+                  "time": self.state["train_time"], "lr": get_lr(iter_num, self.cfg)}
+        if self.cfg.eval_tasks and self.run.master:    # the other ranks wait for it at their next collective
+            record.update(self.icl_metrics())
+            self.run.print("in-context: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("icl/")))
+        self.log("eval", iter_num, record)
         # a resumed run re-evaluates where it starts; the checkpoint it came from is already on disk
         if iter_num > 0 and iter_num != self.resumed_from and (final or improved or self.cfg.always_save_checkpoint):
             if math.isfinite(losses["val"]):

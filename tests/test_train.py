@@ -437,6 +437,27 @@ def test_logged_time_is_the_mean_over_each_log_window(data_dir, tmp_path, one_th
     assert final["time"] >= rows[30]["time"]
 
 
+
+def test_eval_tasks_log_in_context_accuracy_without_disturbing_training(data_dir, tmp_path, one_thread):
+    """eval_tasks scores SuperGLUE tasks through lm-eval at each evaluation (icl/<task> in metrics.jsonl) and
+    leaves the training exactly as without it: with dropout on, a leaked reseeding or a model left in eval mode
+    would change the losses after the first evaluation."""
+    pytest.importorskip("lm_eval")
+    from icl_fixtures import write_task_data
+    task_data = write_task_data(tmp_path / "tasks", tasks=("boolq", "copa"), n_validation=3, n_train=2)
+    common = ["--max_iters=3", "--eval_interval=2", "--eval_iters=2", "--dropout=0.1"]
+    train.main(tiny_argv(data_dir, tmp_path / "plain", *common))
+    train.main(tiny_argv(data_dir, tmp_path / "icl", *common, "--eval_tasks=boolq,copa", "--eval_tasks_limit=3",
+                         f"--eval_tasks_data={task_data}"))
+    plain, icl = events(tmp_path / "plain"), events(tmp_path / "icl")
+    assert [icl[i]["train/loss"] for i in range(3)] == [plain[i]["train/loss"] for i in range(3)]
+    evals = events(tmp_path / "icl", "eval")
+    assert sorted(evals) == [0, 2, 3]
+    for record in evals.values():
+        assert {"icl/boolq", "icl/copa"} <= set(record) and all(0 <= record[k] <= 1 for k in ("icl/boolq", "icl/copa"))
+    assert not any(k.startswith("icl/") for k in events(tmp_path / "plain", "eval")[2])
+
+
 # ------------------------------------------------------------------------------------------------------
 # bad input: one clear message, exit status 2, no traceback, nothing saved is damaged
 
@@ -469,6 +490,8 @@ BAD_INPUTS = {
     "sophia-h under fsdp": (["--optimizer_name=sophiah", "--fsdp=True"], ["sophiah", "--fsdp=False"]),
     "fp16 under fsdp": (["--dtype=float16", "--fsdp=True"], ["float16", "bfloat16"]),
     "a device that does not exist": (["--device=nodevice"], ["--device=nodevice", "--device=cpu"]),
+    "in-context tasks under fsdp": (["--eval_tasks=boolq", "--fsdp=True"], ["eval_tasks", "eval.py --tasks"]),
+    "unknown in-context task": (["--eval_tasks=boolq,glue"], ["glue", "boolq"]),
 }
 
 
