@@ -180,7 +180,7 @@ def independent_accuracy(model, tokenizer, task_data, task):
 
 
 def test_cli_zero_shot_equals_independent_scoring(setup, capsys):
-    """The issue's must-show: eval.py --out_dir=<tiny run> --tasks=boolq,cb,copa,rte --num_fewshot=0
+    """The documented command: eval.py --out_dir=<tiny run> --tasks=boolq,cb,copa,rte --num_fewshot=0
     --task_data=<dir> --json=out.json --device=cpu, offline, prints the table; accuracies as scored by hand."""
     root, task_data, _, out_dir, _ = setup
     out_json = root / "out.json"
