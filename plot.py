@@ -306,35 +306,32 @@ def main(argv=None):
         parser.error(f"got {len(args.labels)} --labels for {len(args.runs)} runs: give one label per run")
     if not 0 <= args.smooth < 1:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
-    try:
-        paths = plot_runs(args.runs, args.out, labels=args.labels, smooth=args.smooth)
-    except MetricsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:
-        print(f"error: cannot write plots to {args.out}: {error.strerror or error}; pick another --out", file=sys.stderr)
-        sys.exit(2)
+    paths = _or_exit(lambda: plot_runs(args.runs, args.out, labels=args.labels, smooth=args.smooth), args.out)
     for path in paths:
         print(f"wrote {path}")
     if not paths:
         print("no figure written: the runs log none of val/loss, train/loss, train/win_rate, train/clip_rate")
 
 
+def _or_exit(make, out):
+    """make(), with unreadable metrics or an unwritable --out ending in one error line (exit status 2)."""
+    try:
+        return make()
+    except MetricsError as error:
+        print(f"error: {error}", file=sys.stderr)
+    except OSError as error:
+        print(f"error: cannot write plots to {out}: {error.strerror or error}; pick another --out", file=sys.stderr)
+    sys.exit(2)
+
+
 def main_icl(parser, args):
     if args.runs:
         parser.error("--icl draws from eval.py JSON files only; plot training runs in a separate call")
-    try:
-        results = load_icl_results(args.icl)
-        if args.labels is not None and len(args.labels) != len(results):
-            parser.error(f"got {len(args.labels)} --labels for {len(results)} checkpoints in the --icl files: "
-                         f"give one label per checkpoint")
-        path = plot_icl(results, args.out, labels=args.labels, title=args.title)
-    except MetricsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:
-        print(f"error: cannot write plots to {args.out}: {error.strerror or error}; pick another --out", file=sys.stderr)
-        sys.exit(2)
+    results = _or_exit(lambda: load_icl_results(args.icl), args.out)
+    if args.labels is not None and len(args.labels) != len(results):
+        parser.error(f"got {len(args.labels)} --labels for {len(results)} checkpoints in the --icl files: "
+                     f"give one label per checkpoint")
+    path = _or_exit(lambda: plot_icl(results, args.out, labels=args.labels, title=args.title), args.out)
     print(f"wrote {path}")
 
 
