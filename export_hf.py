@@ -1,5 +1,6 @@
 """
-Export a checkpoint as a Hugging Face GPT2LMHeadModel directory, for lm-eval's `hf` backend and every other HF tool.
+Export a checkpoint as a Hugging Face model directory (GPT2LMHeadModel; PhiForCausalLM for phi-1-style checkpoints),
+for lm-eval's `hf` backend and every other HF tool.
 
     python export_hf.py --out_dir=out-gpt2-medium-sophiag --hf_dir=hf/gpt2-medium-sophiag
     python export_hf.py --ckpt=out/ckpt_best.pt --hf_dir=hf/best
@@ -16,8 +17,11 @@ The weights map name for name (model.py follows GPT-2's names). Differences hand
     - our Linear weights are (out, in); GPT-2's Conv1D stores (in, out): transposed;
     - bias=False checkpoints get zero biases (a zero bias adds nothing, so the function is unchanged);
     - scale_attn_by_inverse_layer_idx carries over (both divide layer i's attention logits by i + 1);
-    - an untied head (tie_embeddings=False, no bias) is written as its own lm_head; phi-1-style checkpoints
-      (rotary_dim, parallel_block) are refused: GPT2LMHeadModel cannot express them;
+    - an untied head (tie_embeddings=False, no bias) is written as its own lm_head;
+    - phi-1-style checkpoints (parallel_block=True and rotary_dim > 0) become a PhiForCausalLM: c_attn is split
+      into q_proj, k_proj, v_proj; the block's one LayerNorm is input_layernorm; rotary_dim / head size is
+      partial_rotary_factor (rotate-half layout, base 10000, as model.py); no position embedding. A checkpoint
+      with only one of the two switches matches neither class and is refused;
     - the padded vocabulary (e.g. 257 -> 320, 50257 -> 50304) is kept as the model's vocab_size, so the softmax
       runs over the same rows as in training and in eval.py; the padded ids are never produced by the tokenizer;
     - dropout is 0 everywhere; GELU is GPT-2's tanh form (gelu_new); LayerNorm eps 1e-5 as torch's default.
@@ -51,53 +55,92 @@ class ExportConfig:
     data_dir: str | None = None             # dataset whose meta.json names the tokenizer; None: the checkpoint's
 
 
-def check_exportable(config):
-    """GPT2LMHeadModel expresses GPT-2 and an untied head without bias; phi-1-style checkpoints need another class."""
-    phi = [name for name in ("parallel_block", "rotary_dim") if getattr(config, name, False)]
-    if phi:
-        raise UserError(f"this checkpoint uses {' and '.join(phi)} (phi-1 style), which GPT2LMHeadModel cannot "
-                        f"express; export_hf.py exports GPT-2-architecture checkpoints only")
+def architecture(config):
+    """The transformers class our GPTConfig maps onto: "gpt2" (GPT2LMHeadModel) or "phi" (PhiForCausalLM)."""
+    parallel, rotary = getattr(config, "parallel_block", False), getattr(config, "rotary_dim", 0)
+    if parallel and rotary:
+        if config.scale_attn_by_inverse_layer_idx:
+            raise UserError("this phi-1-style checkpoint divides attention by (layer + 1) "
+                            "(scale_attn_by_inverse_layer_idx), which PhiForCausalLM cannot express")
+        return "phi"
+    if parallel or rotary:
+        used = "parallel_block" if parallel else "rotary_dim"
+        raise UserError(f"this checkpoint uses {used} without {'rotary_dim' if parallel else 'parallel_block'}: "
+                        f"PhiForCausalLM needs both and GPT2LMHeadModel neither, so export_hf.py cannot express it")
     if not getattr(config, "tie_embeddings", True) and config.bias:
         raise UserError("this checkpoint's untied lm_head has a bias, which GPT2LMHeadModel has not; export_hf.py "
-                        "exports GPT-2-architecture checkpoints only")
+                        "exports such heads only for phi-1-style checkpoints (PhiForCausalLM)")
+    return "gpt2"
 
 
 def hf_config(config, eot_token):
-    """The transformers GPT2Config equivalent to our GPTConfig."""
-    from transformers import GPT2Config
+    """The transformers config equivalent to our GPTConfig (GPT2Config or PhiConfig)."""
+    from transformers import GPT2Config, PhiConfig
+    tied = getattr(config, "tie_embeddings", True)
+    if architecture(config) == "phi":
+        return PhiConfig(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=4 * config.n_embd,
+                         num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                         max_position_embeddings=config.block_size, hidden_act="gelu_new",
+                         partial_rotary_factor=config.rotary_dim / (config.n_embd // config.n_head),
+                         resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, layer_norm_eps=1e-5,
+                         tie_word_embeddings=tied, bos_token_id=eot_token, eos_token_id=eot_token)
     return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
                       n_layer=config.n_layer, n_head=config.n_head, n_inner=4 * config.n_embd,
                       activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                       layer_norm_epsilon=1e-5, scale_attn_weights=True,
                       scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx,
-                      reorder_and_upcast_attn=False, tie_word_embeddings=getattr(config, "tie_embeddings", True),
+                      reorder_and_upcast_attn=False, tie_word_embeddings=tied,
                       bos_token_id=eot_token, eos_token_id=eot_token)
 
 
 def hf_state_dict(model):
-    """Our GPT's weights under GPT2LMHeadModel's names and layouts (fp32 copies)."""
+    """Our GPT's weights under the transformers model's names and layouts (fp32 copies); missing biases are zeros."""
     cfg = model.config
     ours = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
+
+    def bias(name, size):
+        return ours.get(f"{name}.bias", torch.zeros(size))
+
+    if architecture(cfg) == "phi":
+        hf = {"model.embed_tokens.weight": ours["transformer.wte.weight"],
+              "model.final_layernorm.weight": ours["transformer.ln_f.weight"],
+              "model.final_layernorm.bias": bias("transformer.ln_f", cfg.n_embd),
+              "lm_head.weight": ours["lm_head.weight"], "lm_head.bias": bias("lm_head", cfg.vocab_size)}
+        for i in range(cfg.n_layer):
+            src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
+            hf[dst + "input_layernorm.weight"] = ours[src + "ln_1.weight"]
+            hf[dst + "input_layernorm.bias"] = bias(src + "ln_1", cfg.n_embd)
+            qkv_weight = ours[src + "attn.c_attn.weight"].split(cfg.n_embd)        # (3C, C) -> 3 x (C, C)
+            qkv_bias = bias(src + "attn.c_attn", 3 * cfg.n_embd).split(cfg.n_embd)
+            for name, weight, b in zip(("q_proj", "k_proj", "v_proj"), qkv_weight, qkv_bias):
+                hf[dst + f"self_attn.{name}.weight"], hf[dst + f"self_attn.{name}.bias"] = weight.contiguous(), b
+            for ours_name, hf_name, size in (("attn.c_proj", "self_attn.dense", cfg.n_embd),
+                                             ("mlp.c_fc", "mlp.fc1", 4 * cfg.n_embd),
+                                             ("mlp.c_proj", "mlp.fc2", cfg.n_embd)):
+                hf[dst + f"{hf_name}.weight"] = ours[src + f"{ours_name}.weight"]   # both nn.Linear (out, in)
+                hf[dst + f"{hf_name}.bias"] = bias(src + ours_name, size)
+        return hf
     hf = {"transformer.wte.weight": ours["transformer.wte.weight"],
           "transformer.wpe.weight": ours["transformer.wpe.weight"],
           "lm_head.weight": ours["lm_head.weight"]}                     # the same tensor as wte when tied
     layer_norms = [f"transformer.h.{i}.{ln}" for i in range(cfg.n_layer) for ln in ("ln_1", "ln_2")]
     for name in layer_norms + ["transformer.ln_f"]:
         hf[f"{name}.weight"] = ours[f"{name}.weight"]
-        hf[f"{name}.bias"] = ours.get(f"{name}.bias", torch.zeros(cfg.n_embd))
+        hf[f"{name}.bias"] = bias(name, cfg.n_embd)
     for i in range(cfg.n_layer):
         for linear in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             name = f"transformer.h.{i}.{linear}"
             weight = ours[f"{name}.weight"]                             # (out, in) as nn.Linear
             hf[f"{name}.weight"] = weight.t().contiguous()             # (in, out) as GPT-2's Conv1D
-            hf[f"{name}.bias"] = ours.get(f"{name}.bias", torch.zeros(weight.shape[0]))
+            hf[f"{name}.bias"] = bias(name, weight.shape[0])
     return hf
 
 
 def to_hf_model(model, eot_token):
-    """A GPT2LMHeadModel computing the same function as our GPT, in eval mode."""
-    from transformers import GPT2LMHeadModel
-    hf_model = GPT2LMHeadModel(hf_config(model.config, eot_token))
+    """A GPT2LMHeadModel (or PhiForCausalLM) computing the same function as our GPT, in eval mode."""
+    from transformers import GPT2LMHeadModel, PhiForCausalLM
+    model_class = PhiForCausalLM if architecture(model.config) == "phi" else GPT2LMHeadModel
+    hf_model = model_class(hf_config(model.config, eot_token))
     missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
     missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith(".attn.masked_bias")]
     if missing or unexpected:   # a programming error (model.py and this mapping disagree), not a user error
@@ -157,9 +200,9 @@ def write_tokenizer(tokenizer, hf_dir, block_size):
 
 
 def export(model, tokenizer, hf_dir):
-    """Write the HF directory for our GPT (on any device) and its tokenizer; returns the GPT2LMHeadModel."""
+    """Write the HF directory for our GPT (on any device) and its tokenizer; returns the transformers model."""
     from transformers import GenerationConfig
-    check_exportable(model.config)
+    architecture(model.config)              # refuse what no class expresses before anything is written
     os.makedirs(hf_dir, exist_ok=True)
     hf_model = to_hf_model(model, tokenizer.eot_token)
     hf_model.generation_config = GenerationConfig(bos_token_id=tokenizer.eot_token, eos_token_id=tokenizer.eot_token,
@@ -185,7 +228,7 @@ def main(argv=None):
     model, ckpt, path = load_model(cfg.out_dir, cfg.ckpt, "cpu")
     tokenizer = load_tokenizer(dataset_dir(ckpt, cfg.data_dir), model.config.vocab_size)
     try:
-        export(model, tokenizer, cfg.hf_dir)
+        hf_model = export(model, tokenizer, cfg.hf_dir)
     except OSError as err:
         raise UserError(f"cannot write {cfg.hf_dir} ({err.strerror or err}); pick another --hf_dir") from None
     with open(os.path.join(cfg.hf_dir, "sophia_export.json"), "w") as f:   # where the weights came from
@@ -195,7 +238,8 @@ def main(argv=None):
     c = model.config
     print(f"{path}: iteration {ckpt['iter_num']}, {c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size} "
           f"({tokenizer.name} tokenizer, {tokenizer.vocab_size} tokens), block_size {c.block_size}")
-    print(f"wrote {cfg.hf_dir}: GPT2LMHeadModel.from_pretrained({cfg.hf_dir!r}) and AutoTokenizer load it")
+    print(f"wrote {cfg.hf_dir}: {type(hf_model).__name__}.from_pretrained({cfg.hf_dir!r}) (or AutoModelForCausalLM) "
+          f"and AutoTokenizer load it")
     return cfg.hf_dir
 
 

@@ -1,5 +1,6 @@
-"""export_hf.py: a checkpoint as a Hugging Face GPT2LMHeadModel directory. Logits equal to ours (fp32, 1e-5) over
-the padded vocabulary, with and without biases and the per-layer attention scaling; the tokenizer files give our
+"""export_hf.py: a checkpoint as a Hugging Face GPT2LMHeadModel directory (PhiForCausalLM for phi-1 style). Logits
+equal to ours (fp32, 1e-5) over the padded vocabulary, with and without biases and the per-layer attention scaling,
+and for phi-1-style models with and without biases and tying; the tokenizer files give our
 ids; the command line; and lm-eval's own `hf` backend on the export against our adapter on the checkpoint (two
 independent paths to the same log-likelihoods). Offline, CPU, ~5 s."""
 import dataclasses
@@ -67,10 +68,41 @@ def test_exported_logits_equal_ours(tmp_path, tokenizer_name, vocab_size, bias, 
 
 
 @pytest.mark.skipif(not HAS_SWITCHES, reason="model.py has no phi-1 switches")
-def test_phi_style_checkpoints_are_refused(tmp_path):
-    for switches in ({"rotary_dim": 8}, {"parallel_block": True}, {"tie_embeddings": False, "bias": True}):
-        with pytest.raises(UserError, match="GPT-2-architecture checkpoints only"):
-            export_hf.export(tiny_gpt(0, n_embd=16, **switches), get_tokenizer("bytes"), str(tmp_path))
+@pytest.mark.parametrize("bias,tied", [(True, False), (False, True)])   # phi-1's own layout; zeros written, tied
+def test_phi_checkpoints_export_as_phi(tmp_path, bias, tied):
+    model = tiny_gpt(4, block_size=32, n_embd=32, bias=bias, sharpen=1.0, parallel_block=True, rotary_dim=8,
+                     tie_embeddings=tied)
+    with torch.no_grad():        # sharp attention, so that the rotation (hence its layout) matters
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(10)
+    export_hf.export(model, get_tokenizer("bytes"), str(tmp_path))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert isinstance(hf, transformers.PhiForCausalLM)
+    assert (hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()) == tied
+    x = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, _ = model(x)
+        theirs = hf(x).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    # the rotary fraction matters at these weights: a Phi rotating all channels gives other logits
+    config = hf.config
+    config.rope_parameters["partial_rotary_factor"] = 1.0
+    all_channels = transformers.PhiForCausalLM(config).eval()
+    all_channels.load_state_dict(hf.state_dict())
+    with torch.no_grad():
+        assert (all_channels(x).logits - ours).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(not HAS_SWITCHES, reason="model.py has no phi-1 switches")
+@pytest.mark.parametrize("switches,message", [
+    ({"rotary_dim": 8}, "rotary_dim without parallel_block"),
+    ({"parallel_block": True}, "parallel_block without rotary_dim"),
+    ({"tie_embeddings": False, "bias": True}, "untied lm_head has a bias"),
+    ({"parallel_block": True, "rotary_dim": 8, "scale_by_layer": True}, "scale_attn_by_inverse_layer_idx"),
+])
+def test_checkpoints_no_class_expresses_are_refused(tmp_path, switches, message):
+    with pytest.raises(UserError, match=message):
+        export_hf.export(tiny_gpt(0, n_embd=16, **switches), get_tokenizer("bytes"), str(tmp_path))
     assert not any(tmp_path.iterdir())                  # refused before anything is written
 
 
