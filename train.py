@@ -118,6 +118,7 @@ class TrainConfig:
     rho: float | None = None                # Sophia's clipping scale
     grad_clip: float = 1.0                  # clip the global gradient norm; 0 disables
     hess_interval: int = 10                 # Sophia: refresh the Hessian EMA every k steps
+    hessian_bias_correction: bool = False   # Sophia ablation: use h / (1 - beta2^n) after n refreshes (upstream: off)
     hess_total_bs: int | None = None        # sequences in the Hessian pass; None: total_bs (as upstream).
                                             # Smaller costs less (the pass is ~hess_total_bs/total_bs of a
                                             # step, every hess_interval steps) but gives a noisier estimate
@@ -247,10 +248,10 @@ def build_optimizer(cfg, model):
     betas = (cfg.beta1, cfg.beta2)
     path = {"auto": {} if cfg.compile else dict(fused=False), "single": dict(foreach=False, fused=False),
             "foreach": dict(foreach=True), "fused": dict(fused=True)}[cfg.optimizer_impl]
-    if cfg.optimizer_name == "sophiag":
-        return SophiaG(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
-    if cfg.optimizer_name == "sophiah":
-        return SophiaH(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
+    if cfg.optimizer_name in ("sophiag", "sophiah"):
+        sophia_class = SophiaG if cfg.optimizer_name == "sophiag" else SophiaH
+        return sophia_class(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho,
+                            hessian_bias_correction=cfg.hessian_bias_correction, **path)
     if cfg.optimizer_name == "lion":
         return Lion(groups, lr=cfg.learning_rate, betas=betas, foreach=path.get("foreach"))
     if cfg.optimizer_impl == "auto":   # torch's fused AdamW kernel (native, not compiled) exists on CPU and CUDA

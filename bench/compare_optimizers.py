@@ -38,7 +38,7 @@ import plot  # noqa: E402
 
 BASE_CONFIG = "config/compare_tiny.py"
 OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "rho",
-                  "hess_interval", "hess_total_bs", "optimizer_impl"}
+                  "hess_interval", "hess_total_bs", "hessian_bias_correction", "optimizer_impl"}
 RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 # how a run is executed, not what it computes (batches do not depend on the process layout)
 LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "compile", "backend", "fsdp", "data_dir", "wandb_log",

@@ -657,6 +657,17 @@ def test_compile_false_keeps_sophia_off_its_compiled_kernel(monkeypatch):
         assert optimizer._choose_path(optimizer.param_groups[0]) == expected
 
 
+def test_hessian_bias_correction_is_a_config_key():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64))
+    for name in ("sophiag", "sophiah"):
+        for on in (False, True):
+            cfg = train.TrainConfig(optimizer_name=name, hessian_bias_correction=on, device="cpu")
+            train.resolve(cfg, world_size=1)
+            optimizer = train.build_optimizer(cfg, model)
+            assert [g["hessian_bias_correction"] for g in optimizer.param_groups] == [on, on]
+    assert train.TrainConfig().hessian_bias_correction is False       # upstream's rule by default
+
+
 def test_compilation_is_kept_out_of_the_logged_time(data_dir, tmp_path, monkeypatch, one_thread):
     """torch.compile's first passes (or Sophia's fused kernel) would otherwise land in `time`, which the
     wall-time comparisons use: a 0.5 s compilation during iteration 0 is logged as compile_time instead."""
