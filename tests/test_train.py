@@ -259,7 +259,7 @@ def test_sigterm_checkpoints_and_resume_continues_without_replay(data_dir, strai
 # ------------------------------------------------------------------------------------------------------
 # the other optimizers, wandb, preemption (in this process)
 
-@pytest.mark.parametrize("optimizer", ["sophiah", "lion", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sophiah", "lion", "adamw", "muon"])
 def test_other_optimizers_train_through_the_same_loop(data_dir, tmp_path, one_thread, optimizer):
     train.main(tiny_argv(data_dir, tmp_path, f"--optimizer_name={optimizer}", "--max_iters=20", "--eval_interval=20",
                          "--eval_iters=4", "--learning_rate=1e-3", "--weight_decay=0.1", "--beta1=0.9",
@@ -488,6 +488,7 @@ BAD_INPUTS = {
     "block_size larger than the data": (["--block_size=100000000"], ["block_size"]),
     "missing dataset": (["--dataset=nosuchdata", "--data_dir=None"], ["data/nosuchdata", "prepare"]),
     "sophia-h under fsdp": (["--optimizer_name=sophiah", "--fsdp=True"], ["sophiah", "--fsdp=False"]),
+    "muon under fsdp": (["--optimizer_name=muon", "--fsdp=True"], ["muon", "shard", "use DDP (--fsdp=False)"]),
     "fp16 under fsdp": (["--dtype=float16", "--fsdp=True"], ["float16", "bfloat16"]),
     "a device that does not exist": (["--device=nodevice"], ["--device=nodevice", "--device=cpu"]),
     "in-context tasks under fsdp": (["--eval_tasks=boolq", "--fsdp=True"], ["eval_tasks", "eval.py --tasks"]),
@@ -749,7 +750,7 @@ def test_lr_schedule():
 def test_gpt2_configs_build_the_paper_sizes():
     sizes = {"small": 124, "medium": 355, "large": 774}   # 124.4M, 354.6M, 773.6M at vocab 50304, no biases
     for size, millions in sizes.items():
-        for opt in ("sophiag", "adam", "lion", "sophiah"):
+        for opt in ("sophiag", "adam", "lion", "sophiah", "muon"):
             cfg, _ = load_config(train.TrainConfig, [f"config/train_gpt2_{size}_{opt}.py"])
             train.resolve(cfg, world_size=8)
             assert cfg.total_bs == 480 and cfg.block_size == 1024 and cfg.grad_clip == 1.0
@@ -765,8 +766,8 @@ def test_gpt2_configs_match_the_readme_table():
     documented hyperparameters cannot drift from the ones that run."""
     rows = re.findall(r"^\| `(train_gpt2_\w+\.py)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| "
                       r"([^|]+) \| ([^|]+) \| ([^|]+) \|$", (ROOT / "README.md").read_text(), re.M)
-    assert len(rows) == 12
-    names = {"Sophia-G": "sophiag", "Sophia-H": "sophiah", "AdamW": "adamw", "Lion": "lion"}
+    assert len(rows) == 15
+    names = {"Sophia-G": "sophiag", "Sophia-H": "sophiah", "AdamW": "adamw", "Lion": "lion", "Muon": "muon"}
     for name, model, optimizer, lr, min_lr, wd, betas, rho, micro in rows:
         cfg, _ = load_config(train.TrainConfig, [f"config/{name}"])
         train.resolve(cfg, world_size=8)
