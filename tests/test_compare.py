@@ -230,3 +230,17 @@ def test_scale_study_reports_steps_and_flops_ratios_per_size(tmp_path, data_dir,
         assert muon["flops_speedup"][0] < 2.0                           # Newton-Schulz costs FLOPs too
         assert rows[f"adamw_{size}"]["speedup"] == [1.0, 0.0]
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tuned_tiny_configs_are_the_harness_setting_and_its_best():
+    """config/train_tiny_*_tuned.py: config/compare_tiny.py with the best lr (and rho) of the committed sweep."""
+    best = json.loads((ROOT / "assets" / "compare" / "results.json").read_text())["rows"]
+    harness, _ = load_config(train.TrainConfig, [co.BASE_CONFIG])
+    for name, file in [("adamw", "adam"), ("sophiag", "sophiag"), ("sophiah", "sophiah"), ("lion", "lion")]:
+        cfg, _ = load_config(train.TrainConfig, [f"config/train_tiny_{file}_tuned.py"])
+        assert cfg.optimizer_name == name and cfg.learning_rate == best[name]["lr"]
+        assert cfg.rho == best[name]["rho"]
+        differ = {k for k, v in vars(cfg).items() if vars(harness)[k] != v}
+        assert differ <= co.OPTIMIZER_KEYS | co.RUN_KEYS | co.LAYOUT_KEYS, differ
+    assert (best["adamw"]["lr"], best["sophiag"]["lr"], best["sophiag"]["rho"]) == (co.TUNED["adamw"][0],
+                                                                                  *co.TUNED["sophiag"])
