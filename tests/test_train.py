@@ -123,7 +123,8 @@ def test_resume_is_exact(data_dir, straight_run, tmp_path):
 WRAPPED = {"sophiag": [], "adamw": ["--optimizer_name=adamw", "--weight_decay=0.1", "--beta1=0.9", "--beta2=0.95",
                                     "--learning_rate=1e-3"],
            "lion": ["--optimizer_name=lion", "--weight_decay=0.1", "--beta1=0.9", "--beta2=0.95",
-                    "--learning_rate=1e-3"]}
+                    "--learning_rate=1e-3"],
+           "muon": ["--optimizer_name=muon", "--learning_rate=1e-3"]}
 
 
 def set_world_of_one(monkeypatch, on, env):
@@ -135,7 +136,7 @@ def set_world_of_one(monkeypatch, on, env):
 
 
 @pytest.mark.parametrize("wrap,optimizer", [("ddp", "sophiag"), ("fsdp", "sophiag"), ("fsdp", "adamw"),
-                                            ("fsdp", "lion")])
+                                            ("fsdp", "lion"), ("ddp", "muon")])
 def test_wrapped_on_one_process_takes_the_plain_steps(data_dir, tmp_path, monkeypatch, single_rank, one_thread,
                                                       wrap, optimizer):
     """The fast sibling of the 2-process tests below: a run that resumes 1 process -> DDP or FSDP2 (over a world
