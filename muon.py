@@ -6,7 +6,8 @@ Muon (MomentUm Orthogonalized by Newton-Schulz; K. Jordan et al., 2024), as torc
 matrix parameter θ of shape A x B with gradient g:
     m ← μ·m + (1 − μ)·g                  momentum EMA (μ = 0.95)
     u = (1 − μ)·g + μ·m                  Nesterov (the scale of u does not matter: NS5 normalizes it first)
-    O = NS5(u) ≈ U·Vᵀ                    five Newton-Schulz iterations towards the orthogonal factor of u = U·S·Vᵀ
+    O = NS5(u) ≈ U·Vᵀ                    five Newton-Schulz iterations towards the orthogonal factor of
+                                         u = U·S·Vᵀ
     θ ← θ·(1 − lr·wd)                    decoupled weight decay, with the unadjusted lr (as AdamW's)
     θ ← θ − lr'·O                        lr' = adjust_lr(lr, A, B)
 

@@ -534,7 +534,8 @@ def _foreach_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho,
         if weight_decay != 0:
             torch._foreach_mul_(theta, 1 - lr * weight_decay)
         torch._foreach_lerp_(m, g, 1 - beta1)
-        # ρ·bs, or with bias correction one ρ·bs/(1 − β2ⁿ) per tensor (n may differ: a frozen layer misses refreshes)
+        # ρ·bs, or with bias correction one ρ·bs/(1 − β2ⁿ) per tensor (n may differ: a frozen layer misses
+        # refreshes)
         rho_bs = rho * bs if hessian_scales is None else [rho * bs * hessian_scales[i] for i in idx]
         if scratch is None:                                  # the step's one temporary, reused in place:
             ratio = torch._foreach_mul(h, rho_bs)

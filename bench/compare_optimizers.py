@@ -53,7 +53,8 @@ OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "
                   "muon_momentum", "muon_adjust_lr_fn"}
 RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 # how a run is executed, not what it computes (batches do not depend on the process layout)
-LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "hess_batch_size", "compile", "backend", "fsdp", "data_dir", "wandb_log",
+LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "hess_batch_size", "compile", "backend", "fsdp",
+               "data_dir", "wandb_log",
                "wandb_project", "log_interval", "always_save_checkpoint", "keep_last", "init_from"}
 
 # name: (optimizer_name, grid of (learning_rate, rho)). Betas and weight decay are each optimizer's published
@@ -313,9 +314,11 @@ ABLATIONS = {"": [], "_bias_corrected": ["--hessian_bias_correction=True"], "_k1
              "_quarter_hessian": ["--hess_total_bs=4"], "_2x_steps": None}    # None: twice max_iters
 # the scale study: model sizes (0.1M to 4.8M non-embedding parameters, 48x), each with a token budget that grows
 # with it, a 3-point lr sweep per optimizer (x0.5, x1, x2 of the tuned tiny setting), then a second seed
-SCALE_SIZES = [dict(n_layer=2, n_head=2, n_embd=64, max_iters=200), dict(n_layer=4, n_head=4, n_embd=128, max_iters=400),
+SCALE_SIZES = [dict(n_layer=2, n_head=2, n_embd=64, max_iters=200),
+               dict(n_layer=4, n_head=4, n_embd=128, max_iters=400),
                dict(n_layer=6, n_head=8, n_embd=256, max_iters=600)]
-SCALE_GRIDS = {"adamw": [(lr, None) for lr in (2e-3, 4e-3, 8e-3)], "sophiag": [(lr, 0.01) for lr in (1.25e-4, 2.5e-4, 5e-4)],
+SCALE_GRIDS = {"adamw": [(lr, None) for lr in (2e-3, 4e-3, 8e-3)],
+               "sophiag": [(lr, 0.01) for lr in (1.25e-4, 2.5e-4, 5e-4)],
                "muon": [(lr, None) for lr in (2e-3, 4e-3, 8e-3)]}
 SCALE_SEEDS = (0, 1)
 QUICK_STUDY = dict(seeds=(0, 1), max_iters=10, sizes=[dict(n_layer=1, n_head=2, n_embd=32, max_iters=10),
@@ -487,7 +490,8 @@ def scale(args, out, data_dir, extra):
              "| ratio in FLOPs (95% CI) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows.values():
         lines.append(f"| {r['name']} | {r['size']} | {r['params']:,} | {r['tokens']:,} | {r['lr']:g} | "
-                     f"{r['final_mean']:.4f} | {plus_minus(*r['speedup'], 'x')} | {plus_minus(*r['flops_speedup'], 'x')} |")
+                     f"{r['final_mean']:.4f} | {plus_minus(*r['speedup'], 'x')} "
+                     f"| {plus_minus(*r['flops_speedup'], 'x')} |")
     return runs, rows, "\n".join(lines) + "\n"
 
 
