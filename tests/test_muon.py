@@ -103,11 +103,12 @@ def test_state_dict_round_trip_continues_exactly():
         again.load_state_dict({**saved, "param_groups": saved["param_groups"][1:]})
 
 
-def test_optimizer_impl_chooses_the_adamw_parts_path():
+def test_optimizer_impl_chooses_the_adamw_parts_path_and_the_code_hash_covers_muon():
     model = tiny_model()
     for impl, expected in [("auto", "fused"), ("single", "single"), ("foreach", "foreach"), ("fused", "fused")]:
         optimizer = train.build_optimizer(muon_config(optimizer_impl=impl), model)
         assert optimizer.describe_path() == f"muon: single-tensor Newton-Schulz, adamw: {expected}"
+    assert "muon.py" in train.code_info()["sha256"]       # the run's code fingerprint covers Muon's file too
     with pytest.raises(ValueError, match="2-D"):
         MuonAdamW(model.param_groups(0.1), [model.transformer.wpe.weight, model.transformer.h[0].ln_1.weight],
                   lr=1e-3)
