@@ -14,6 +14,13 @@ Per coordinate, with g negated when maximize is set (identical to the upstream S
                        θ ← θ − lr·sign(m)·min(|m| / (ρ·bs·max(h, 0) + 1e-15), 1)
     update_hessian():  h ← β2·h + (1 − β2)·ĥ                               every k steps, no bias correction
 
+hessian_bias_correction=True (an ablation; off by default, as upstream) uses ĥ_n = h / (1 − β2ⁿ) in place of h
+in the step and in stats(), with n the refreshes of that parameter so far (state["hessian_step"]). Without it, h
+after n refreshes is (1 − β2ⁿ)·E[ĥ]: about 0.1·E[ĥ] after the first refresh with β2 = 0.99, so the ratio
+m/(ρ·bs·h) is ~10x too large and nearly every coordinate clips until n ≈ 1/(1 − β2). With it, the step after
+the first refresh is the step with h = ĥ. Before the first refresh (n = 0) h = 0 either way. A state saved
+without the count (upstream's, or with the option off) is used as it is: its h is taken as already debiased.
+
 `bs` is the number of predictions (tokens) behind the gradient of one optimizer step. GNB's ĝ is the
 gradient of a *mean* loss over bs predictions, so E[ĝ⊙ĝ] = diag(Gauss-Newton)/bs and bs·h estimates the
 curvature of the mean loss. Hutchinson already estimates the mean loss's Hessian, so SophiaH uses bs=1.
@@ -73,12 +80,14 @@ class SophiaG(Optimizer):
             captured in a CUDA graph (no host sync). Works on every device.
         foreach, fused: choose the code path (None: automatic, see the module docstring).
         fp32_state: keep exp_avg and hessian in fp32 for bf16/fp16 parameters.
+        hessian_bias_correction: divide h by 1 − β2ⁿ after n refreshes (see the module docstring); off as upstream.
     """
 
     default_bs = 5120        # step()'s default, used by stats() when no bs is given
 
     def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *,
-                 maximize=False, capturable=False, foreach=None, fused=None, fp32_state=True):
+                 maximize=False, capturable=False, foreach=None, fused=None, fp32_state=True,
+                 hessian_bias_correction=False):
         if isinstance(lr, torch.Tensor):
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be a single element")
@@ -95,7 +104,8 @@ class SophiaG(Optimizer):
         if foreach and fused:
             raise ValueError("foreach and fused cannot both be True")
         defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, maximize=maximize,
-                        capturable=capturable, foreach=foreach, fused=fused, fp32_state=fp32_state)
+                        capturable=capturable, foreach=foreach, fused=fused, fp32_state=fp32_state,
+                        hessian_bias_correction=hessian_bias_correction)
         super().__init__(params, defaults)
 
     def __setstate__(self, state):
@@ -107,6 +117,7 @@ class SophiaG(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("fp32_state", True)
+            group.setdefault("hessian_bias_correction", False)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state.get("step", 0.0)):
@@ -120,6 +131,9 @@ class SophiaG(Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 saved = state_dict["state"].get(saved_ids.pop(0))
+                if saved is not None and "hessian_step" in saved:   # a count: a host-side float32, never cast
+                    self.state[p]["hessian_step"] = torch.as_tensor(saved["hessian_step"], dtype=torch.float32,
+                                                                    device="cpu").clone()
                 dtype = _state_dtype(p, group)
                 if saved is None or dtype == p.dtype:
                     continue
@@ -138,7 +152,17 @@ class SophiaG(Optimizer):
         if "hessian" not in state:
             state["hessian"] = torch.zeros_like(p, dtype=_state_dtype(p, group),
                                                 memory_format=torch.preserve_format)
+            if group["hessian_bias_correction"]:   # refreshes of this h so far (a host-side count: no sync)
+                state["hessian_step"] = torch.tensor(0.0)
         return state
+
+    @staticmethod
+    def _hessian_scale(state, group):
+        """1 / (1 − β2ⁿ) with bias correction after n ≥ 1 refreshes; 1 otherwise (h = 0 when n = 0)."""
+        n = state.get("hessian_step") if group["hessian_bias_correction"] else None
+        if n is None or float(n) == 0:
+            return 1.0
+        return 1.0 / (1.0 - group["betas"][1] ** float(n))
 
     @torch.no_grad()
     def step(self, closure=None, bs=default_bs):
@@ -156,6 +180,8 @@ class SophiaG(Optimizer):
                 continue
             batch.update(lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
                          weight_decay=group["weight_decay"], bs=bs, maximize=group["maximize"])
+            if group["hessian_bias_correction"]:
+                batch["hessian_scales"] = [self._hessian_scale(self.state[p], group) for p in batch["params"]]
             path = self._choose_path(group)
             if path == "foreach":
                 batch["scratch"] = self._scratch(batch["exp_avgs"])
@@ -223,19 +249,24 @@ class SophiaG(Optimizer):
             raise ValueError(f"update_hessian got {len(estimates)} estimates for {len(all_params)} parameters")
         index = 0
         for group in self.param_groups:
-            hessians, values = [], []
+            hessians, values, counts = [], [], []
             for p in group["params"]:
                 value = p.grad if estimates is None else estimates[index]
                 index += 1
                 if value is None:
                     continue
-                hessians.append(_real(_local(self._init_state(p, group)["hessian"])))
+                state = self._init_state(p, group)
+                if "hessian_step" in state:
+                    counts.append(state["hessian_step"])
+                hessians.append(_real(_local(state["hessian"])))
                 value = _real(_local(value.detach())).to(hessians[-1].dtype)
                 # a curvature estimate of the maximized objective L is one of −L, the function minimized
                 values.append(-value if estimates is not None and group["maximize"] else value)
             if hessians:
                 hessian_ema(hessians, values, beta2=group["betas"][1], square=estimates is None,
                             foreach=self._choose_path(group) != "single")
+            if counts and group["hessian_bias_correction"]:
+                torch._foreach_add_(counts, 1)
 
     @torch.no_grad()
     def stats(self, bs=None):
@@ -258,7 +289,7 @@ class SophiaG(Optimizer):
                 l1.append(h.abs().sum(dtype=torch.float32))
                 l2sq.append(h.square().sum(dtype=torch.float32))
                 m2sq.append(m.square().sum(dtype=torch.float32))
-                wins.append(torch.lt(m.abs(), h * rho_bs).sum())
+                wins.append(torch.lt(m.abs(), h * (rho_bs * self._hessian_scale(state, group))).sum())
                 count += m.numel()
         if count == 0:
             zero = torch.zeros(())
@@ -443,11 +474,13 @@ def hutchinson_estimate(loss, params, *, generator=None, probe="rademacher"):
 # Functional core
 
 def sophia_step(params, grads, exp_avgs, hessians, steps, *, path, lr, beta1, rho, weight_decay, bs,
-                maximize, scratch=None):
+                maximize, scratch=None, hessian_scales=None):
     """One Sophia step on lists of tensors; path is 'single', 'foreach' or 'fused'. `scratch` (foreach
-    only): reusable buffers shaped like exp_avgs for the temporary; None allocates it."""
+    only): reusable buffers shaped like exp_avgs for the temporary; None allocates it. `hessian_scales`: one
+    float per tensor multiplying its h in the step (bias correction 1 / (1 − β2ⁿ)); None: h as it is."""
     batch = dict(params=params, grads=grads, exp_avgs=exp_avgs, hessians=hessians, steps=steps, lr=lr,
-                 beta1=beta1, rho=rho, weight_decay=weight_decay, bs=bs, maximize=maximize)
+                 beta1=beta1, rho=rho, weight_decay=weight_decay, bs=bs, maximize=maximize,
+                 hessian_scales=hessian_scales)
     if path == "fused":
         return _fused_sophia([batch])
     if path == "single":
@@ -472,14 +505,16 @@ def _local_shards(batch):
 
 
 def _single_tensor_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho, weight_decay, bs,
-                          maximize):
-    for param, grad, exp_avg, hessian, step in zip(params, grads, exp_avgs, hessians, steps):
+                          maximize, hessian_scales=None):
+    scales = [None] * len(params) if hessian_scales is None else hessian_scales
+    for param, grad, exp_avg, hessian, step, scale in zip(params, grads, exp_avgs, hessians, steps, scales):
         step += 1
         grad = -grad if maximize else grad
         theta = param if param.dtype == exp_avg.dtype else param.to(exp_avg.dtype)
         theta.mul_(1 - lr * weight_decay)                                      # θ ← θ·(1 − lr·wd)
         exp_avg.lerp_(grad.to(exp_avg.dtype), 1 - beta1)                       # m ← β1·m + (1 − β1)·g
-        denom = (hessian * (rho * bs)).clamp_(min=0).add_(EPS)                 # ρ·bs·max(h, 0) + ε
+        rho_bs = rho * bs if scale is None else rho * bs * scale               # ρ·bs (· 1/(1 − β2ⁿ))
+        denom = (hessian * rho_bs).clamp_(min=0).add_(EPS)                     # ρ·bs·max(h, 0) + ε
         ratio = torch.div(exp_avg, denom, out=denom).clamp_(-1, 1)             # sign(m)·min(|m|/denom, 1)
         _sub_scaled(theta, ratio, lr)                                          # θ ← θ − lr·ratio
         if theta is not param:
@@ -488,7 +523,7 @@ def _single_tensor_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1
 
 
 def _foreach_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho, weight_decay, bs,
-                    maximize, scratch=None):
+                    maximize, scratch=None, hessian_scales=None):
     torch._foreach_add_(steps, 1)
     for (device, dtype), idx in _group_by_device_and_dtype(params, exp_avgs).items():
         p, m, h = [params[i] for i in idx], [exp_avgs[i] for i in idx], [hessians[i] for i in idx]
@@ -499,12 +534,15 @@ def _foreach_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho,
         if weight_decay != 0:
             torch._foreach_mul_(theta, 1 - lr * weight_decay)
         torch._foreach_lerp_(m, g, 1 - beta1)
+        # ρ·bs, or with bias correction one ρ·bs/(1 − β2ⁿ) per tensor (n may differ: a frozen layer misses
+        # refreshes)
+        rho_bs = rho * bs if hessian_scales is None else [rho * bs * hessian_scales[i] for i in idx]
         if scratch is None:                                  # the step's one temporary, reused in place:
-            ratio = torch._foreach_mul(h, rho * bs)
+            ratio = torch._foreach_mul(h, rho_bs)
         else:
             ratio = [scratch[i] for i in idx]
             torch._foreach_copy_(ratio, h)
-            torch._foreach_mul_(ratio, rho * bs)
+            torch._foreach_mul_(ratio, rho_bs)
         torch._foreach_clamp_min_(ratio, 0)                  # ρ·bs·max(h, 0)
         torch._foreach_add_(ratio, EPS)                      #   + ε
         torch._foreach_reciprocal_(ratio)                    # 1 / denom
@@ -527,11 +565,14 @@ class _FusedCompileError(RuntimeError):
 _compiled_kernel = None
 
 
-def _fused_sophia_kernel(params, grads, exp_avgs, hessians, hyper, group_of, negate):
+def _fused_sophia_kernel(params, grads, exp_avgs, hessians, hyper, group_of, negate, scales=None):
     """One horizontal kernel: every tensor is read once, p and m are written once, no temporaries.
-    hyper[k] = (lr, weight_decay, 1 − β1, ρ·bs) of group k; group_of[i] is tensor i's group."""
+    hyper[k] = (lr, weight_decay, 1 − β1, ρ·bs) of group k; group_of[i] is tensor i's group; scales[i] (bias
+    correction only) multiplies tensor i's ρ·bs."""
     for i, (p, g, m, h) in enumerate(zip(params, grads, exp_avgs, hessians)):
         lr, weight_decay, one_minus_beta1, rho_bs = hyper[group_of[i]].unbind()
+        if scales is not None:
+            rho_bs = rho_bs * scales[i]
         g = g.to(m.dtype)
         g = -g if negate[group_of[i]] else g
         m_new = m + one_minus_beta1 * (g - m)
@@ -566,10 +607,15 @@ def _fused_sophia(batches):
         else:
             hyper = torch.tensor(rows, dtype=torch.float64, device=device)
         lists = [[batches[k][key][i] for k, i in items] for key in ("params", "grads", "exp_avgs", "hessians")]
+        scales = None
+        if any(b.get("hessian_scales") is not None for b in batches):    # bias correction: one float64 per tensor
+            scales = torch.tensor([1.0 if batches[k].get("hessian_scales") is None else batches[k]["hessian_scales"][i]
+                                   for k, i in items], dtype=torch.float64).to(device, non_blocking=True)
         try:
             # each new set of tensors (shapes, which params have grads) compiles once; allow many such sets
             with torch._dynamo.config.patch(recompile_limit=64):
-                _compiled_kernel(*lists, hyper, tuple(k for k, _ in items), tuple(b["maximize"] for b in batches))
+                _compiled_kernel(*lists, hyper, tuple(k for k, _ in items), tuple(b["maximize"] for b in batches),
+                                 scales)
         except Exception as err:  # compilation problems surface on the first call
             if isinstance(err, torch.OutOfMemoryError):
                 raise

@@ -1,5 +1,5 @@
 """
-The one training loop, for every optimizer: Sophia-G, Sophia-H, AdamW and Lion.
+The one training loop, for every optimizer: Sophia-G, Sophia-H, AdamW, Lion and Muon (with AdamW, muon.py).
 
     python train_sophiag.py config/train_tiny_sophiag.py                  # 1 process (CPU or GPU)
     torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_small_sophiag.py
@@ -52,6 +52,7 @@ from configurator import UserError, config_to_dict, load_config
 from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
 from lion import FOREACH_DEVICES as LION_FOREACH_DEVICES, Lion
 from model import GPT, GPTConfig
+from muon import MuonAdamW
 from sophia import SophiaG, SophiaH, gnb_backward, hutchinson_estimate
 from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
 from tokenizer import tokenizer_from_meta
@@ -65,6 +66,9 @@ OPTIMIZER_DEFAULTS = {
     "sophiah": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.01),
     "adamw": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, rho=0.0),
     "lion": dict(learning_rate=1e-4, weight_decay=1.0, beta1=0.9, beta2=0.99, rho=0.0),
+    # Muon on the blocks' matrices, AdamW (these betas) on the rest; with muon_adjust_lr_fn="match_rms_adamw"
+    # (muon.py) AdamW's lr and weight decay carry over to Muon's part
+    "muon": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, rho=0.0),
 }
 
 
@@ -110,7 +114,7 @@ class TrainConfig:
     tie_embeddings: bool = True             # False: an untied output head (with a bias when bias=True), as phi-1
     vocab_size: int | None = None           # None: the dataset's vocabulary rounded up to a multiple of 64
     # optimizer (None: OPTIMIZER_DEFAULTS of optimizer_name)
-    optimizer_name: Literal["sophiag", "sophiah", "adamw", "lion"] = "sophiag"
+    optimizer_name: Literal["sophiag", "sophiah", "adamw", "lion", "muon"] = "sophiag"
     learning_rate: float | None = None      # peak learning rate
     weight_decay: float | None = None       # decoupled; Linear weights only (model.param_groups)
     beta1: float | None = None
@@ -118,6 +122,7 @@ class TrainConfig:
     rho: float | None = None                # Sophia's clipping scale
     grad_clip: float = 1.0                  # clip the global gradient norm; 0 disables
     hess_interval: int = 10                 # Sophia: refresh the Hessian EMA every k steps
+    hessian_bias_correction: bool = False   # Sophia ablation: use h / (1 - beta2^n) after n refreshes (upstream: off)
     hess_total_bs: int | None = None        # sequences in the Hessian pass; None: total_bs (as upstream).
                                             # Smaller costs less (the pass is ~hess_total_bs/total_bs of a
                                             # step, every hess_interval steps) but gives a noisier estimate
@@ -125,6 +130,9 @@ class TrainConfig:
                                             # hess_total_bs). Sophia-H's double backward holds more memory
                                             # per sequence than training: lower it there (same estimate)
     optimizer_impl: Literal["auto", "single", "foreach", "fused"] = "auto"  # optimizer code path
+    muon_momentum: float = 0.95             # Muon (optimizer_name=muon): its Nesterov momentum on the blocks' matrices
+    muon_adjust_lr_fn: Literal["match_rms_adamw", "original"] = "match_rms_adamw"  # Muon's lr scaling (muon.py):
+                                            # match_rms_adamw lets AdamW's learning_rate and weight_decay carry over
     # learning-rate schedule: linear warmup, cosine decay to min_lr at lr_decay_iters
     max_iters: int = 600000                 # optimizer steps to run
     decay_lr: bool = True
@@ -212,6 +220,11 @@ def resolve(cfg, world_size):
                         f"use --gradient_accumulation_steps={grad_accum} or leave it unset (derived)")
     if cfg.threads is not None and cfg.threads <= 0:
         raise UserError(f"threads must be a positive integer (or None: torch's default), got {cfg.threads}")
+    if cfg.fsdp and cfg.optimizer_name == "muon":
+        raise UserError("optimizer_name='muon' cannot run with fsdp=True: Muon orthogonalizes each whole weight "
+                        "matrix, and under FSDP a process holds only a shard of it; use DDP (--fsdp=False)")
+    if not 0 <= cfg.muon_momentum < 1:
+        raise UserError(f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
     if cfg.fsdp and cfg.optimizer_name == "sophiah":
         raise UserError("optimizer_name='sophiah' cannot run with fsdp=True: its Hessian-vector product needs a "
                         "double backward, which FSDP's gradient hooks do not support; use DDP (--fsdp=False)")
@@ -247,14 +260,19 @@ def build_optimizer(cfg, model):
     betas = (cfg.beta1, cfg.beta2)
     path = {"auto": {} if cfg.compile else dict(fused=False), "single": dict(foreach=False, fused=False),
             "foreach": dict(foreach=True), "fused": dict(fused=True)}[cfg.optimizer_impl]
-    if cfg.optimizer_name == "sophiag":
-        return SophiaG(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
-    if cfg.optimizer_name == "sophiah":
-        return SophiaH(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho, **path)
+    if cfg.optimizer_name in ("sophiag", "sophiah"):
+        sophia_class = SophiaG if cfg.optimizer_name == "sophiag" else SophiaH
+        return sophia_class(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho,
+                            hessian_bias_correction=cfg.hessian_bias_correction, **path)
     if cfg.optimizer_name == "lion":
         return Lion(groups, lr=cfg.learning_rate, betas=betas, foreach=path.get("foreach"))
     if cfg.optimizer_impl == "auto":   # torch's fused AdamW kernel (native, not compiled) exists on CPU and CUDA
         path = dict(fused=True) if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
+    if cfg.optimizer_name == "muon":   # Muon: the 2-D weights inside the blocks; AdamW (on `path`): the rest
+        matrices = [p for block in model.transformer.h for p in block.parameters() if p.ndim == 2]
+        return MuonAdamW(groups, matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                         momentum=cfg.muon_momentum, adjust_lr_fn=cfg.muon_adjust_lr_fn, betas=betas,
+                         adamw_options=path)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, **path)
 
 
@@ -426,6 +444,8 @@ class Trainer:
         if self.sophia:
             path = self.optimizer._choose_path(self.optimizer.param_groups[0])
             return "fused (torch.compile'd at the first step, not counted in `time`)" if path == "fused" else path
+        if isinstance(self.optimizer, MuonAdamW):
+            return self.optimizer.describe_path()
         if isinstance(self.optimizer, torch.optim.AdamW):
             return "fused" if self.optimizer.defaults.get("fused") else "foreach"
         foreach = self.optimizer.defaults["foreach"]     # Lion: None picks foreach on GPUs, as torch.optim does
@@ -734,8 +754,9 @@ class Trainer:
         return dict(zip(names, values))
 
     def norms(self):
-        """L2 norms of the parameters and of the momentum (exp_avg in every optimizer here), on the device."""
-        moments = [s["exp_avg"] for s in self.optimizer.state.values() if "exp_avg" in s]
+        """L2 norms of the parameters and of the momentum (exp_avg; Muon's part: momentum_buffer), on the device."""
+        moments = [s["exp_avg"] if "exp_avg" in s else s["momentum_buffer"] for s in self.optimizer.state.values()
+                   if "exp_avg" in s or "momentum_buffer" in s]
         params = list(self.raw_model.parameters())
 
         def squared_norm(tensors):    # of this rank's tensors (FSDP: its shards, summed over ranks below)
@@ -1010,7 +1031,7 @@ def code_info():
     except (OSError, subprocess.SubprocessError):
         commit = None
     hashes = {}
-    for name in ("train.py", "sophia.py", "model.py", "dataloader.py", "lion.py"):
+    for name in ("train.py", "sophia.py", "model.py", "dataloader.py", "lion.py", "muon.py"):
         with open(os.path.join(root, name), "rb") as f:
             hashes[name] = hashlib.sha256(f.read()).hexdigest()[:16]
     return dict(git_commit=commit, torch=str(torch.__version__), python=platform.python_version(), sha256=hashes)

@@ -1,5 +1,7 @@
 """The optimizer comparison harness: its metric, its fairness checks, its report on finished runs (fast, from
-runs written here), and the --quick study end to end (slow: 12 training runs)."""
+runs written here), the ablation and scale studies on stand-in runs, and the --quick study end to end (slow: 10
+training runs)."""
+import argparse
 import copy
 import json
 import math
@@ -142,13 +144,13 @@ def test_quick_study_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "fairness checks passed" in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["rows"]) == {"adamw", "lion", "sophiag", "sophiah"}
+    assert set(results["rows"]) == {"adamw", "lion", "sophiag", "sophiah", "muon"}
     assert results["rows"]["adamw"]["speedup"][0] == pytest.approx(1.0)
     for row in results["rows"].values():
         assert row["seeds"] == [0, 1] and len(row["speedup_per_seed"]) == 2
         assert row["final_mean"] > 0 and row["speedup"][0] > 0
     table = (tmp_path / "results.md").read_text()
-    assert table.count("\n| ") == 5 and "sophiag" in table
+    assert table.count("\n| ") == 6 and "sophiag" in table and "| muon |" in table
     for figure in ("sweep.png", "val_loss.png", "train_loss.png", "win_clip_rate.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(name.endswith(".pt") for _, _, files in os.walk(tmp_path) for name in files)
@@ -168,3 +170,79 @@ def test_quick_study_end_to_end(tmp_path):
                             *[str(tmp_path / r["dir"]) for r in best if r["name"] == "sophiag"]],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert alone.returncode == 1 and "needs an AdamW run" in alone.stderr and "Traceback" not in alone.stderr
+
+
+# ------------------------------------------------------------------------------------------------------
+# --study=ablations and --study=scale, planned and analysed on stand-in runs (no training: the runs' val-loss
+# curves are 2 + 3·exp(-t / τ), τ chosen per optimizer, so the speed-ups are known)
+
+TAU = {"adamw": 100.0, "sophiag": 200.0, "muon": 50.0}
+
+
+def stand_in_run(out, data_dir, name, lr, rho, seed, extra, tag="", own=()):
+    """What train_run returns, for a run whose curve is 2 + 3·exp(-t / τ) (+ a penalty away from its best lr: AdamW's
+    best is 4e-3 at 400 steps and 2e-3 at 800; Sophia-G's 2.5e-4; Muon's 4e-3)."""
+    argv = [co.BASE_CONFIG, f"--optimizer_name={co.STUDY[name][0]}", f"--learning_rate={lr}", f"--seed={seed}",
+            f"--out_dir={out}/runs/x", *extra, *own] + ([f"--rho={rho}"] if rho is not None else [])
+    cfg, _ = load_config(train.TrainConfig, argv)
+    train.resolve(cfg, world_size=1)
+    best = {"adamw": 4e-3 if cfg.max_iters <= 400 else 2e-3, "sophiag": 2.5e-4, "muon": 4e-3}[name]
+    penalty = 0.1 * abs(math.log2(lr / best))
+    curve = [(t, 2 + 3 * math.exp(-t / TAU[name]) + penalty) for t in range(0, cfg.max_iters + 1, cfg.eval_interval)]
+    return dict(name=cfg.optimizer_name, lr=lr, rho=rho, seed=seed,
+                dir=f"{out}/runs/{co.run_name(name, lr, rho, seed, tag)}",
+                wall_s=1.0, train_s=1.0, cpu_s=1.0, iterations=cfg.max_iters, median_iteration_ms=None,
+                final_val=curve[-1][1], curve=curve, win_rate=0.1 if name == "sophiag" else None,
+                config=config_to_dict(cfg), init=f"init{seed}-{cfg.n_layer}x{cfg.n_embd}", data={"train": 1}, tag=tag)
+
+
+def run_stand_in_study(study, tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setattr(co, "train_run", stand_in_run)
+    (tmp_path / "data").symlink_to(data_dir)
+    co.run_study(argparse.Namespace(study=study, quick=False, jobs=2), str(tmp_path))
+    return json.loads((tmp_path / f"{study}.json").read_text())["rows"], capsys.readouterr().out
+
+
+def test_ablations_study_pairs_each_variant_with_adamw_at_its_budget(tmp_path, data_dir, monkeypatch, capsys):
+    rows, printed = run_stand_in_study("ablations", tmp_path, data_dir, monkeypatch, capsys)
+    assert "planned: 24 runs" in printed and "fairness checks passed: 24 runs" in printed
+    assert list(rows) == ["sophiag", "sophiag_bias_corrected", "sophiag_k1", "sophiag_quarter_hessian",
+                          "sophiag_2x_steps"]
+    for name, row in rows.items():
+        assert row["seeds"] == [0, 1, 2]
+        assert row["speedup_per_seed"] == pytest.approx([0.5] * 3, rel=1e-6)    # τ 200 against AdamW's 100
+        assert row["adamw_lr"] == (2e-3 if name == "sophiag_2x_steps" else 4e-3)  # AdamW re-tuned at 800 steps
+    assert "| sophiag_k1 | " in (tmp_path / "ablations.md").read_text()
+    assert str(tmp_path) not in (tmp_path / "ablations.json").read_text()
+
+
+def test_scale_study_reports_steps_and_flops_ratios_per_size(tmp_path, data_dir, monkeypatch, capsys):
+    rows, printed = run_stand_in_study("scale", tmp_path, data_dir, monkeypatch, capsys)
+    assert "planned: 36 runs" in printed
+    params = sorted({r["params"] for r in rows.values()})
+    assert len(params) == 3 and params[-1] >= 8 * params[0]
+    tokens = [rows[f"adamw_{size}"]["tokens"] for size in ("L2d64", "L4d128", "L6d256")]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 3        # the budget grows with the size
+    for size in ("L2d64", "L4d128", "L6d256"):
+        sophia, muon = rows[f"sophiag_{size}"], rows[f"muon_{size}"]
+        assert sophia["speedup"][0] == pytest.approx(0.5, rel=1e-6)
+        assert muon["speedup"][0] == pytest.approx(2.0, rel=1e-6)
+        # FLOPs: Sophia-G's Hessian pass is a forward and backward over 16 sequences every 10 steps (+10%)
+        assert sophia["flops_speedup"][0] == pytest.approx(0.5 / 1.1, rel=1e-6)
+        assert muon["flops_speedup"][0] < 2.0                           # Newton-Schulz costs FLOPs too
+        assert rows[f"adamw_{size}"]["speedup"] == [1.0, 0.0]
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tuned_tiny_configs_are_the_harness_setting_and_its_best():
+    """config/train_tiny_*_tuned.py: config/compare_tiny.py with the best lr (and rho) of the committed sweep."""
+    best = json.loads((ROOT / "assets" / "compare" / "results.json").read_text())["rows"]
+    harness, _ = load_config(train.TrainConfig, [co.BASE_CONFIG])
+    for name, file in [("adamw", "adam"), ("sophiag", "sophiag"), ("sophiah", "sophiah"), ("lion", "lion")]:
+        cfg, _ = load_config(train.TrainConfig, [f"config/train_tiny_{file}_tuned.py"])
+        assert cfg.optimizer_name == name and cfg.learning_rate == best[name]["lr"]
+        assert cfg.rho == best[name]["rho"]
+        differ = {k for k, v in vars(cfg).items() if vars(harness)[k] != v}
+        assert differ <= co.OPTIMIZER_KEYS | co.RUN_KEYS | co.LAYOUT_KEYS, differ
+    assert (best["adamw"]["lr"], best["sophiag"]["lr"], best["sophiag"]["rho"]) == (co.TUNED["adamw"][0],
+                                                                                  *co.TUNED["sophiag"])

@@ -370,6 +370,143 @@ def test_legacy_float_step_loads():
 
 
 # ------------------------------------------------------------------------------------------------------
+# Hessian bias correction (an ablation, off by default)
+
+def debiased_reference_schedule(params, groups, *, steps=12, seed=1, bs=7, hess_every=3, missing=True):
+    """run_schedule's gradients applied by the rule written plainly: n_p refreshes of each parameter so far,
+    and the step with h / (1 − β2^n_p) in place of h (h itself when n_p = 0). Returns the final parameters."""
+    params = [p.detach().clone() for p in params]
+    lookup = {}
+    for group in groups:
+        for i in group["idx"]:
+            lookup[i] = group
+    m = [torch.zeros_like(p) for p in params]
+    h = [torch.zeros_like(p) for p in params]
+    n = [0] * len(params)
+    g = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        for i, p in enumerate(params):
+            grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if missing and (i + t) % 4 == 0:
+                continue
+            hp = lookup[i]
+            beta1, beta2 = hp["betas"]
+            p.mul_(1 - hp["lr"] * hp["weight_decay"])
+            m[i] = beta1 * m[i] + (1 - beta1) * grad
+            h_hat = h[i] / (1 - beta2 ** n[i]) if n[i] else h[i]
+            p.sub_(hp["lr"] * m[i].sign() * torch.clamp(m[i].abs() / (hp["rho"] * bs * h_hat + EPS), max=1))
+        if t % hess_every == hess_every - 1:
+            for i, p in enumerate(params):
+                est = torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3
+                beta2 = lookup[i]["betas"][1]
+                h[i] = beta2 * h[i] + (1 - beta2) * est * est
+                n[i] += 1
+    return params, n
+
+
+@pytest.mark.parametrize("path", EVERY_PATH)
+def test_bias_correction_matches_the_plain_rule_on_every_path(path):
+    """Several groups, missing grads on some steps (so parameters that miss a step still count every refresh),
+    a zero-size parameter: every path follows the plainly written debiased rule, and counts the refreshes."""
+    params = make_params()
+    opt = SophiaG(param_groups(params), lr=1e-2, rho=0.05, hessian_bias_correction=True, **PATHS[path])
+    run_schedule(opt, params)
+    plain_groups = [dict(idx=range(3), lr=3e-2, weight_decay=0.2, rho=0.05, betas=(0.965, 0.99)),
+                    dict(idx=range(3, 6), lr=1e-2, weight_decay=0.0, rho=0.2, betas=(0.9, 0.95))]
+    expected, counts = debiased_reference_schedule(make_params(), plain_groups)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-12)
+    assert [float(opt.state[p]["hessian_step"]) for p in params] == counts == [4] * 6
+    # and the option changes the trajectory: without it the same schedule ends elsewhere
+    off = make_params()
+    run_schedule(SophiaG(param_groups(off), lr=1e-2, rho=0.05, **PATHS[path]), off)
+    assert not torch.allclose(off[0], params[0])
+
+
+@pytest.mark.parametrize("path", EVERY_PATH)
+@pytest.mark.parametrize("cls", [SophiaG, SophiaH])
+def test_bias_corrected_step_after_the_first_refresh_is_the_step_with_the_raw_estimate(cls, path):
+    """After one refresh h = (1 − β2)·ĥ and the corrected step uses ĥ itself: bit for bit the step of an
+    uncorrected optimizer whose h was set to ĥ (Sophia-G: ĝ⊙ĝ; Sophia-H: the estimate). β2 = 0.75, so that
+    1 − β2 is a power of two and dividing it out rounds nothing."""
+    torch.manual_seed(0)
+    shapes = [(40, 7), (13,)]
+    init = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    grads1, grads2, probe = ([torch.randn(s, dtype=torch.float64) for s in shapes] for _ in range(3))
+    bs = 3 if cls is SophiaG else 1
+    raw = [g * g * 0.01 if cls is SophiaG else g * 0.01 for g in probe]    # ĝ = 0.1·probe, or ĥ = 0.01·probe
+    kw = dict(lr=0.1, betas=(0.9, 0.75), rho=0.5, weight_decay=0.1, **PATHS[path])
+
+    def refresh(opt, params):
+        if cls is SophiaG:
+            for p, g in zip(params, probe):
+                p.grad = g * 0.1
+            opt.update_hessian()
+        else:
+            opt.update_hessian(estimates=[g * 0.01 for g in probe])
+
+    def set_raw(opt, params):
+        for p, h in zip(params, raw):
+            opt.state[p]["hessian"].copy_(h)
+
+    def two_steps(corrected, hessian):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = cls(params, hessian_bias_correction=corrected, **kw)
+        for grads in (grads1, grads2):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step(bs=bs)
+            if grads is grads1:
+                hessian(opt, params)
+        return opt, params
+    opt_a, a = two_steps(True, refresh)
+    opt_b, b = two_steps(False, set_raw)
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+    # the estimate mattered: some coordinates are clipped, some not; win_rate sees the debiased h too
+    assert 0 < opt_b.stats(bs=bs)["win_rate"] < 1
+    assert opt_a.stats(bs=bs)["win_rate"] == opt_b.stats(bs=bs)["win_rate"]
+    _, uncorrected = two_steps(False, refresh)
+    assert not torch.equal(uncorrected[0], a[0])
+
+
+def test_bias_correction_state_dicts_round_trip_and_upstream_state_loads():
+    """The count is saved and restored (exact continuation); a state without it (upstream's, or saved with the
+    option off) loads, and its h is used as it is, i.e. the run continues as an uncorrected one would."""
+    params = make_params()
+    opt = SophiaG(param_groups(params), hessian_bias_correction=True, foreach=True)
+    run_schedule(opt, params, steps=5)
+    saved = roundtrip(opt.state_dict())
+    assert all(float(s["hessian_step"]) == 1 for s in saved["state"].values())
+    clone = copy.deepcopy(params)
+    opt2 = SophiaG(param_groups(clone), hessian_bias_correction=True, foreach=True)
+    opt2.load_state_dict(saved)
+    run_schedule(opt, params, seed=9)
+    run_schedule(opt2, clone, seed=9)
+    assert_states_close(opt, params, opt2, clone, rtol=0, atol=0)
+    # upstream -> bias-corrected: loads, h used as is
+    up_params = make_params()
+    up = ReferenceSophiaG(param_groups(up_params), lr=1e-2)
+    run_schedule(up, up_params, steps=5)
+    loaded = copy.deepcopy(up_params)
+    corrected = SophiaG(param_groups(loaded), lr=1e-2, hessian_bias_correction=True)
+    corrected.load_state_dict(roundtrip(up.state_dict()))
+    run_schedule(up, up_params, seed=3)
+    run_schedule(corrected, loaded, seed=3)
+    assert_states_close(up, up_params, corrected, loaded, rtol=1e-9, atol=1e-12)
+    # bf16 parameters: the count stays an exact float32 on the CPU (torch would cast it to bf16)
+    p16 = [torch.nn.Parameter(torch.randn(4, 3).bfloat16())]
+    opt16 = SophiaG(p16, hessian_bias_correction=True)
+    for _ in range(300):
+        p16[0].grad = torch.ones_like(p16[0])
+        opt16.update_hessian()
+    again = SophiaG([torch.nn.Parameter(p16[0].detach().clone())], hessian_bias_correction=True)
+    again.load_state_dict(roundtrip(opt16.state_dict()))
+    count = next(iter(again.state.values()))["hessian_step"]
+    assert count.dtype == torch.float32 and count.device.type == "cpu" and float(count) == 300
+
+
+# ------------------------------------------------------------------------------------------------------
 # mixed precision and complex
 
 @pytest.mark.parametrize("path", EVERY_PATH)

@@ -123,7 +123,8 @@ def test_resume_is_exact(data_dir, straight_run, tmp_path):
 WRAPPED = {"sophiag": [], "adamw": ["--optimizer_name=adamw", "--weight_decay=0.1", "--beta1=0.9", "--beta2=0.95",
                                     "--learning_rate=1e-3"],
            "lion": ["--optimizer_name=lion", "--weight_decay=0.1", "--beta1=0.9", "--beta2=0.95",
-                    "--learning_rate=1e-3"]}
+                    "--learning_rate=1e-3"],
+           "muon": ["--optimizer_name=muon", "--learning_rate=1e-3"]}
 
 
 def set_world_of_one(monkeypatch, on, env):
@@ -135,7 +136,7 @@ def set_world_of_one(monkeypatch, on, env):
 
 
 @pytest.mark.parametrize("wrap,optimizer", [("ddp", "sophiag"), ("fsdp", "sophiag"), ("fsdp", "adamw"),
-                                            ("fsdp", "lion")])
+                                            ("fsdp", "lion"), ("ddp", "muon")])
 def test_wrapped_on_one_process_takes_the_plain_steps(data_dir, tmp_path, monkeypatch, single_rank, one_thread,
                                                       wrap, optimizer):
     """The fast sibling of the 2-process tests below: a run that resumes 1 process -> DDP or FSDP2 (over a world
@@ -259,7 +260,7 @@ def test_sigterm_checkpoints_and_resume_continues_without_replay(data_dir, strai
 # ------------------------------------------------------------------------------------------------------
 # the other optimizers, wandb, preemption (in this process)
 
-@pytest.mark.parametrize("optimizer", ["sophiah", "lion", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sophiah", "lion", "adamw", "muon"])
 def test_other_optimizers_train_through_the_same_loop(data_dir, tmp_path, one_thread, optimizer):
     train.main(tiny_argv(data_dir, tmp_path, f"--optimizer_name={optimizer}", "--max_iters=20", "--eval_interval=20",
                          "--eval_iters=4", "--learning_rate=1e-3", "--weight_decay=0.1", "--beta1=0.9",
@@ -488,6 +489,7 @@ BAD_INPUTS = {
     "block_size larger than the data": (["--block_size=100000000"], ["block_size"]),
     "missing dataset": (["--dataset=nosuchdata", "--data_dir=None"], ["data/nosuchdata", "prepare"]),
     "sophia-h under fsdp": (["--optimizer_name=sophiah", "--fsdp=True"], ["sophiah", "--fsdp=False"]),
+    "muon under fsdp": (["--optimizer_name=muon", "--fsdp=True"], ["muon", "shard", "use DDP (--fsdp=False)"]),
     "fp16 under fsdp": (["--dtype=float16", "--fsdp=True"], ["float16", "bfloat16"]),
     "a device that does not exist": (["--device=nodevice"], ["--device=nodevice", "--device=cpu"]),
     "in-context tasks under fsdp": (["--eval_tasks=boolq", "--fsdp=True"], ["eval_tasks", "eval.py --tasks"]),
@@ -657,6 +659,17 @@ def test_compile_false_keeps_sophia_off_its_compiled_kernel(monkeypatch):
         assert optimizer._choose_path(optimizer.param_groups[0]) == expected
 
 
+def test_hessian_bias_correction_is_a_config_key():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64))
+    for name in ("sophiag", "sophiah"):
+        for on in (False, True):
+            cfg = train.TrainConfig(optimizer_name=name, hessian_bias_correction=on, device="cpu")
+            train.resolve(cfg, world_size=1)
+            optimizer = train.build_optimizer(cfg, model)
+            assert [g["hessian_bias_correction"] for g in optimizer.param_groups] == [on, on]
+    assert train.TrainConfig().hessian_bias_correction is False       # upstream's rule by default
+
+
 def test_compilation_is_kept_out_of_the_logged_time(data_dir, tmp_path, monkeypatch, one_thread):
     """torch.compile's first passes (or Sophia's fused kernel) would otherwise land in `time`, which the
     wall-time comparisons use: a 0.5 s compilation during iteration 0 is logged as compile_time instead."""
@@ -738,7 +751,7 @@ def test_lr_schedule():
 def test_gpt2_configs_build_the_paper_sizes():
     sizes = {"small": 124, "medium": 355, "large": 774}   # 124.4M, 354.6M, 773.6M at vocab 50304, no biases
     for size, millions in sizes.items():
-        for opt in ("sophiag", "adam", "lion", "sophiah"):
+        for opt in ("sophiag", "adam", "lion", "sophiah", "muon"):
             cfg, _ = load_config(train.TrainConfig, [f"config/train_gpt2_{size}_{opt}.py"])
             train.resolve(cfg, world_size=8)
             assert cfg.total_bs == 480 and cfg.block_size == 1024 and cfg.grad_clip == 1.0
@@ -754,8 +767,8 @@ def test_gpt2_configs_match_the_readme_table():
     documented hyperparameters cannot drift from the ones that run."""
     rows = re.findall(r"^\| `(train_gpt2_\w+\.py)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| "
                       r"([^|]+) \| ([^|]+) \| ([^|]+) \|$", (ROOT / "README.md").read_text(), re.M)
-    assert len(rows) == 12
-    names = {"Sophia-G": "sophiag", "Sophia-H": "sophiah", "AdamW": "adamw", "Lion": "lion"}
+    assert len(rows) == 15
+    names = {"Sophia-G": "sophiag", "Sophia-H": "sophiah", "AdamW": "adamw", "Lion": "lion", "Muon": "muon"}
     for name, model, optimizer, lr, min_lr, wd, betas, rho, micro in rows:
         cfg, _ = load_config(train.TrainConfig, [f"config/{name}"])
         train.resolve(cfg, world_size=8)
