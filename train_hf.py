@@ -4,8 +4,10 @@ GPT-2 and `Trainer` (transformers 5, accelerate; pip install -r requirements-hf.
 
     python train_hf.py config/train_hf_tiny_sophiag.py --max_steps=30 --output_dir=out-hf-tiny   # CPU, offline
     torchrun --standalone --nproc_per_node=8 train_hf.py config/train_hf_gpt2_small_sophiag.py
-    accelerate launch --num_processes=2 --cpu train_hf.py config/train_hf_tiny_sophiag.py          # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes=2 train_hf.py config/train_hf_tiny_sophiag.py    # 2 processes (*)
     python train_hf.py config/train_hf_tiny_sophiag.py --resume_from_checkpoint=last              # continue a run
+(*) --multi_gpu is accelerate's name for its torchrun launcher: on a machine without GPUs it starts CPU processes
+(gloo); `accelerate launch --cpu --num_processes=2` starts one process, whatever --num_processes says.
 
 Data: OpenWebText from the Hub (as data/openwebtext/prepare.py), local --data_files (txt, jsonl or parquet), or the
 embedded stdlib corpus (offline) -> the repo's GPT-2 BPE (tokenizer.py, offline) with EOS appended to every document

@@ -1,11 +1,14 @@
 """train_hf.py: Sophia-G in the Hugging Face Trainer. Each test fails when the property it names is broken: the
 refresh cadence under gradient accumulation, sampled and unshifted labels (against a hand computation, and told
 apart from true labels and from labels= shifting), bs, resume, logging, the tokenizer, the data pipeline, clean
-errors, and (slow tier) two torchrun processes."""
+errors, and (slow tier) two processes under torchrun and under accelerate launch."""
 import json
 import math
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -280,15 +283,35 @@ def test_tiny_config_command_line(tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
+def launch_two_processes(launcher, argv):
+    """The worker on 2 CPU processes (gloo) through torchrun, or through `accelerate launch --multi_gpu`: accelerate's
+    name for its torchrun launcher, which on a machine without GPUs starts CPU processes (its --cpu flag starts
+    one process, whatever --num_processes says)."""
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    if launcher == "torchrun":
+        return run_script(argv, script="tests/hf_ddp_worker.py", nproc=2, env=env)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
+               "tests/hf_ddp_worker.py", *map(str, argv)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
 @pytest.mark.slow
-def test_two_torchrun_processes_keep_identical_replicas(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_keep_identical_replicas(tmp_path, launcher):
     """2 CPU processes (gloo): after 4 steps with 2 refreshes, both ranks hold the same weights and the same h
     (nonzero). The worker then refreshes once more through the *unwrapped* model: the ranks' h then differ, so the
     first comparison would catch a refresh that bypassed DDP."""
-    run_script([f"--out={tmp_path}", *tiny_argv(tmp_path / "run", "--max_steps=4", "--hess_interval=2",
-                                                 "--gradient_accumulation_steps=1", "--per_device_train_batch_size=2")],
-               script="tests/hf_ddp_worker.py", nproc=2, env={**ENV, "OMP_NUM_THREADS": "1"})
+    launch_two_processes(launcher, [f"--out={tmp_path}", *tiny_argv(tmp_path / "run", "--max_steps=4",
+                                    "--hess_interval=2", "--gradient_accumulation_steps=1",
+                                    "--per_device_train_batch_size=2")])
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2
     assert ranks[0]["refreshes"] == ranks[1]["refreshes"] == 2 and ranks[0]["bs"] == 2 * 2 * 32
     for name in ranks[0]["params"]:
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name
