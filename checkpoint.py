@@ -19,11 +19,13 @@ trained on and load_tokenizer() the tokenizer that data was made with.
 
 import glob
 import os
+import random
 import re
 import shutil
 import sys
 import zlib
 
+import numpy as np
 import torch
 
 from configurator import UserError
@@ -192,6 +194,101 @@ def load_latest(out_dir):
             continue
         return checkpoint, path
     raise UserError("no loadable checkpoint in " + repr(out_dir) + ":\n  " + "\n  ".join(errors))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a checkpoint holds: its keys, the RNG states, and the checks a resume makes
+
+# Keys a resumed run may change: how it runs and is observed, not what it computes (the batches are a function
+# of the seed and the iteration, whatever the micro-batch and process layout). Any other key changes the
+# experiment and is refused on resume, unless resume_override names it; the model's shape and the optimizer
+# never change.
+RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
+                  "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit", "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name",
+                  "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
+                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
+NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
+                    "parallel_block", "rotary_dim", "tie_embeddings"}
+DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None
+
+
+
+def make(*, model, optimizer, model_args, state, rng, config, code, scaler=None):
+    """A training checkpoint as a dict of its parts: the model's and the optimizer's state dicts (full
+    tensors), the GPT's constructor arguments, the loop's counters (`state`, with iter_num), every rank's RNG
+    states, the data position (the sampler is a pure function of seed and iteration, so the next iteration is
+    all it needs), the resolved config and the code's versions."""
+    ckpt = dict(format=FORMAT, model=model, optimizer=optimizer, model_args=model_args,
+                iter_num=state["iter_num"], state=dict(state), rng=rng,
+                sampler=dict(scheme="global-batch = f(seed, stream, iteration)", seed=config["seed"],
+                             next_iteration=state["iter_num"]),
+                config=config, code=code)
+    if scaler is not None:
+        ckpt["scaler"] = scaler
+    return ckpt
+
+
+def rng_state(device):
+    """This process's RNG states (only dropout draws from them: data and sampling use derived seeds)."""
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2])))
+
+
+def set_rng_state(saved, rank, device):
+    """Restore rank `rank`'s saved RNG states. Returns False when the checkpoint has none for this rank (it was
+    written by fewer processes): the caller seeds that rank itself."""
+    if rank >= len(saved):
+        return False
+    state = saved[rank]
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"]))
+    return True
+
+
+def check_resumable(ckpt, path, model_args, optimizer_name):
+    """Refuse to resume a checkpoint of another model shape or optimizer (UserError naming the difference)."""
+    # a key a checkpoint lacks (written before that switch existed) had GPTConfig's default, GPT-2's
+    saved_args = {**{k: f.default for k, f in GPTConfig.__dataclass_fields__.items()}, **ckpt["model_args"]}
+    differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in model_args.items()
+              if saved_args.get(k) != v]
+    if differ:
+        raise UserError(f"cannot resume from {path}: the model differs ({'; '.join(differ)}); use the "
+                        f"checkpoint's settings, or a new --out_dir to start another run")
+    if ckpt["config"]["optimizer_name"] != optimizer_name:
+        raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
+                        f"{ckpt['config']['optimizer_name']!r}, not {optimizer_name!r}")
+
+
+def check_resumed_config(saved, now, path, resume_override, derived):
+    """Refuse a resume that changes the experiment (any key outside RESUMABLE_KEYS, compared after the None
+    defaults are filled), unless resume_override names those keys. `derived`: the keys this run left at None.
+    Returns {key: [saved, now]} allowed."""
+    allowed = {k.strip() for k in (resume_override or "").split(",") if k.strip()}
+    unknown = sorted(k for k in allowed if k not in now or k in RESUMABLE_KEYS | NEVER_OVERRIDDEN)
+    if unknown:
+        raise UserError(f"--resume_override={resume_override}: {', '.join(unknown)} cannot be named "
+                        f"there (only keys that change the experiment, and not the model's shape or the "
+                        f"optimizer); the others may change on resume anyway")
+    changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RESUMABLE_KEYS and saved[k] != v}
+    # a key left at None follows its source (min_lr = 0.05 x learning_rate): allowing the source allows it
+    source = {k: DERIVED_FROM.get(k, k) if k in derived else k for k in changed}
+    refused = {k: v for k, v in changed.items() if source[k] not in allowed}
+    if refused:
+        listed = ", ".join(f"{k}={old!r} in the checkpoint, {new!r} now" + (
+            f" (it follows {source[k]})" if source[k] != k else "") for k, (old, new) in refused.items())
+        hint = " (lr_decay_iters follows max_iters when unset: pass the checkpoint's value)" \
+            if "lr_decay_iters" in refused else ""
+        names = ",".join(dict.fromkeys(source[k] for k in refused if source[k] not in RESUMABLE_KEYS))
+        raise UserError(f"cannot resume from {path}: it would change the experiment: {listed}{hint}; resume "
+                        f"with the checkpoint's values" + (f", allow the change with --resume_override={names}"
+                                                           if names else "") +
+                        ", or start a new run in another --out_dir")
+    return changed
 
 
 # ----------------------------------------------------------------------------------------------------------
