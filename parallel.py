@@ -149,6 +149,15 @@ class Run:
             dist.all_reduce(values)
         return values
 
+    def all_finite(self, tensors):
+        """Whether every value is finite; FSDP: over every rank's shards (each rank gets the same answer)."""
+        finite = torch.tensor(all(bool(torch.isfinite(local_tensor(t)).all()) for t in tensors
+                                  if t.is_floating_point()))
+        if self.fsdp:
+            finite = finite.to(self.device, torch.int32)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite)
+
     def gather_objects(self, obj):
         """[obj of rank 0, obj of rank 1, ...] on every rank (a list of one without a process group)."""
         if not self.ddp:

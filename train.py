@@ -398,18 +398,23 @@ class Trainer:
                            f"to {kept}")
 
     def _load_checkpoint(self):
-        """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding)."""
-        ckpt, path = checkpoint.load_latest(self.cfg.out_dir)
+        """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding),
+        except those of a sharded checkpoint resumed under FSDP: each rank reads its shards in _restore."""
+        ckpt, path = checkpoint.load_latest(self.cfg.out_dir, shards=self.run.fsdp)
         checkpoint.check_resumable(ckpt, path, self.model_args, self.cfg.optimizer_name)
         self.resume_overrides = checkpoint.check_resumed_config(ckpt["config"], config_to_dict(self.cfg), path,
                                                                 self.cfg.resume_override, self.derived)
-        self.raw_model.load_state_dict(ckpt["model"])
+        if "model" in ckpt:
+            self.raw_model.load_state_dict(ckpt["model"])
         ckpt["path"] = path
         return ckpt
 
     def _restore(self, ckpt):
         """Optimizer, scaler, counters and RNG states from the checkpoint."""
-        self.optimizer.load_state_dict(parallel.shard_optimizer_state(self.optimizer, ckpt["optimizer"]))
+        if "sharded" in ckpt:       # FSDP from a sharded checkpoint (any world size): this rank's shards only
+            checkpoint.load_sharded_into(ckpt["path"], self.raw_model, self.optimizer)
+        else:                       # FSDP slices the full tensors every rank read; DDP / 1 process takes them
+            self.optimizer.load_state_dict(parallel.shard_optimizer_state(self.optimizer, ckpt["optimizer"]))
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state.update(ckpt["state"])
@@ -609,21 +614,29 @@ class Trainer:
                                                       code=self.code, **fingerprint))
 
     def save_checkpoint(self, is_best):
-        """All ranks call this (RNG states and FSDP shards are gathered); the master writes."""
-        run = self.run
+        """All ranks call this (the RNG states are gathered). FSDP: every rank writes its own shards (a sharded
+        checkpoint, torch.distributed.checkpoint); DDP and 1 process: the master writes one file."""
+        run, cfg = self.run, self.cfg
         rng = run.gather_objects(checkpoint.rng_state(run.device))
-        if not (run.master or run.fsdp):
+        parts = dict(model_args=self.model_args, state=self.state, rng=rng, config=config_to_dict(cfg),
+                     code=self.code, scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+        if run.fsdp:
+            tensors, layout = checkpoint.sharded_state(self.raw_model, self.optimizer)
+            weights = [t for k, t in tensors.items() if k.startswith("model/")]
+        elif run.master:
+            model, optimizer = parallel.full_state_dicts(self.raw_model, self.optimizer)
+            weights = list(model.values())
+        else:
             return
-        model, optimizer = parallel.full_state_dicts(self.raw_model, self.optimizer)   # FSDP: a collective
-        if not run.master:
-            return
-        if not all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point()):
+        if not run.all_finite(weights):     # FSDP: every rank checks its shards, and all agree
             run.print("not saving a checkpoint: the model has non-finite weights (the previous one is kept)")
             return
-        ckpt = checkpoint.make(model=model, optimizer=optimizer, model_args=self.model_args, state=self.state,
-                               rng=rng, config=config_to_dict(self.cfg), code=self.code,
-                               scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
-        path = checkpoint.save(self.cfg.out_dir, ckpt, keep_last=self.cfg.keep_last, is_best=is_best)
+        if run.fsdp:
+            ckpt = checkpoint.make(model=None, optimizer=None, sharded=layout, **parts)
+            path = checkpoint.save_sharded(cfg.out_dir, ckpt, tensors, keep_last=cfg.keep_last, is_best=is_best)
+        else:
+            ckpt = checkpoint.make(model=model, optimizer=optimizer, **parts)
+            path = checkpoint.save(cfg.out_dir, ckpt, keep_last=cfg.keep_last, is_best=is_best)
         run.print(f"saved checkpoint {path}")
 
     def eval_and_checkpoint(self, iter_num, final=False):
