@@ -4,7 +4,8 @@ preemption, non-finite handling, wandb, and clear errors for bad input. CPU only
 Fast tier: the README's tiny run through the CLI, exact resume, the loop wrapped in DDP and FSDP2 over a world
 of one process (the same collectives and checkpoint gathering, in this process), the other optimizers,
 preemption, non-finite values and bad input (in this process, through run_cli as the entry points do).
-Slow tier (python -m pytest -m slow): the same loop under torchrun on 2 processes, compared with one.
+Slow tier (python -m pytest -m slow): the same loop under torchrun on 2 processes, and as a 2-node job (two
+torchrun agents on loopback), compared with one; the memory of a sharded save.
 
 What each comparison asserts:
 - DDP on 2 processes with one thread each, and resume on one process, are bit for bit: the same micro-batches
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,7 @@ import checkpoint
 import train
 from configurator import UserError, load_config
 from helpers import (ENV, ROOT, TINY, assert_clean_error, assert_same, bad_file, events, max_rel_diff,
-                     run_cli_in_process, run_script, tiny, tiny_argv)
+                     run_cli_in_process, run_script, run_two_agents, tiny, tiny_argv)
 from model import GPT, GPTConfig
 
 LOSS_RTOL_FSDP = 1e-4          # FSDP against one process, up to iteration 24 (see above)
@@ -264,7 +266,37 @@ def test_sigterm_checkpoints_and_resume_continues_without_replay(data_dir, strai
 
 
 # ------------------------------------------------------------------------------------------------------
-# sharded checkpoints (slow)
+# two nodes on loopback, and sharded checkpoints (slow)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_agents_on_loopback_match_one_process_and_resume_on_one(data_dir, straight_run, tmp_path, fsdp):
+    """A 2-node job on this machine (two torchrun agents of one process each, the c10d rendezvous, gloo over the
+    loopback interface) takes the steps of 1 process: DDP bit for bit, FSDP to 1e-4 (the module docstring says
+    why not exactly). Its checkpoint at 12 resumes on 1 process to 24; FSDP's is sharded, one file per rank,
+    and also resumes under DDP on 2 processes."""
+    out = tmp_path / "two_nodes"
+    run_two_agents([TINY, f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=12", f"--fsdp={fsdp}"])
+    runs = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["world_size"] for r in runs if r["event"] == "run"] == [2]
+    one = events(straight_run[0])
+    if fsdp:
+        assert sorted(os.listdir(out / "ckpt_0000012.dcp")) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                                 "meta.pt"]
+        n = sophia_coordinates(checkpoint.load(str(out / "ckpt.pt")))
+        assert_close_to_one_process(one, events(out), range(12), n)
+        ddp = shutil.copytree(out, tmp_path / "ddp", symlinks=True)
+        tiny(data_dir, ddp, "--max_iters=24", "--init_from=resume", nproc=2)
+        assert_close_to_one_process(one, events(ddp), range(24), n)
+    else:
+        assert (out / "ckpt_0000012.pt").is_file()
+        assert_same(one, events(out), range(12))
+    tiny(data_dir, out, "--max_iters=24", "--init_from=resume")
+    if fsdp:
+        assert_close_to_one_process(one, events(out), range(24), n)
+    else:
+        assert_same(one, events(out), range(24))
+
 
 @pytest.mark.slow
 def test_fsdp_sharded_save_stays_below_the_full_state_in_memory(tmp_path):
