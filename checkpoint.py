@@ -447,7 +447,8 @@ RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eva
                   "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit", "eval_tasks_data",
                   "wandb_log", "wandb_project", "wandb_run_name",
                   "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
-                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
+                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp",
+                  "fsdp_shard_size", "fsdp_mixed_precision", "activation_checkpointing"}
 NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
                     "parallel_block", "rotary_dim", "tie_embeddings"}
 DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None

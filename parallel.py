@@ -15,10 +15,13 @@ tests cover this file on one process.
 
 import math
 import os
+import types
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule, fully_shard
+import torch.utils.checkpoint
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -61,7 +64,16 @@ class Run:
             torch.set_num_threads(cfg.threads)
         self.autocast = devices.autocast(self.device, cfg.dtype)
         self.fsdp = cfg.fsdp and self.ddp
-        self.compile = cfg.compile
+        self.compile, self.activation_checkpointing = cfg.compile, cfg.activation_checkpointing
+        self.mixed_precision = None if cfg.fsdp_mixed_precision == "off" else MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32 if cfg.fsdp_mixed_precision == "bf16_reduce_fp32"
+            else torch.bfloat16)
+        # HSDP: a 2-D mesh, replicas (outer) x shards (inner); FSDP2 reduce-scatters within a group of shards
+        # and all-reduces across the groups
+        self.mesh = None
+        if self.fsdp and cfg.fsdp_shard_size not in (None, self.world):
+            self.mesh = init_device_mesh(self.device.type, (self.world // cfg.fsdp_shard_size, cfg.fsdp_shard_size),
+                                         mesh_dim_names=("replicate", "shard"))
 
     @property
     def layout(self):
@@ -74,6 +86,9 @@ class Run:
         passes whose gradients are summed by hand or that have none (DDP: not through DDP; FSDP: the same
         module, whose weights only exist gathered inside its forward). raw_model keeps its parameters (FSDP:
         sharded in place, as DTensors)."""
+        if self.activation_checkpointing:
+            for block in raw_model.transformer.h:
+                checkpoint_activations(block)
         if self.fsdp:
             self._shard(raw_model)
             return raw_model, raw_model
@@ -89,11 +104,12 @@ class Run:
         """FSDP2: each transformer block is one all-gather / reduce-scatter unit; the root holds the rest (the
         tied embedding, the final norm). torch.compile goes per block, before sharding, so that FSDP's
         collectives stay outside the compiled graphs."""
+        options = dict(mesh=self.mesh, **({"mp_policy": self.mixed_precision} if self.mixed_precision else {}))
         for block in raw_model.transformer.h:
             if self.compile:
                 block.compile()
-            fully_shard(block)
-        fully_shard(raw_model)
+            fully_shard(block, **options)
+        fully_shard(raw_model, **options)
 
     @staticmethod
     def set_grad_sync(model, on):
@@ -144,9 +160,10 @@ class Run:
         return self.sum_over_ranks(grads)
 
     def sum_of_shards(self, values):
-        """Per-rank partial sums over local shards -> the global sums (FSDP); unsharded values are already whole."""
+        """Per-rank partial sums over local shards -> the global sums (FSDP; under HSDP over one group of shards,
+        each group holding a whole replica); unsharded values are already whole."""
         if self.fsdp:
-            dist.all_reduce(values)
+            dist.all_reduce(values, group=None if self.mesh is None else self.mesh.get_group("shard"))
         return values
 
     def all_finite(self, tensors):
@@ -173,6 +190,17 @@ class Run:
     def print(self, *args):
         if self.master:
             print(*args, flush=True)
+
+
+def checkpoint_activations(block):
+    """Activation checkpointing of one block: its forward keeps only its input and recomputes the rest in the
+    backward (with the same dropout masks: the RNG state is replayed). The module and its parameter names are
+    unchanged, so checkpoints and FSDP's wrapping do not see it."""
+    forward = block.forward
+
+    def checkpointed(self, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    block.forward = types.MethodType(checkpointed, block)
 
 
 # ------------------------------------------------------------------------------------------------------------

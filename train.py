@@ -141,6 +141,13 @@ class TrainConfig:
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
     fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
                                             # over the processes (FSDP2) instead of replicating them (DDP)
+    fsdp_shard_size: int | None = None      # FSDP: shard within groups of this many processes and replicate across
+                                            # the groups (HSDP, a 2-D mesh; e.g. the GPUs of one node); None: all
+    fsdp_mixed_precision: Literal["off", "bf16", "bf16_reduce_fp32"] = "off"   # FSDP: weights all-gathered and
+                                            # computed in bf16, gradients reduced in bf16 (or fp32); the sharded
+                                            # master weights and the optimizer state (Sophia's m, h) stay fp32
+    activation_checkpointing: bool = False  # keep only each block's input, recompute its activations in the
+                                            # backward (~1/3 more compute, activation memory / ~n_layer)
     seed: int = 1337
 
 
@@ -202,6 +209,17 @@ def resolve(cfg, world_size):
     if cfg.eval_tasks and cfg.fsdp:
         raise UserError("eval_tasks runs on rank 0 alone, but under fsdp=True every rank holds only a shard of the "
                         "model; leave eval_tasks empty and run eval.py --tasks=... on the checkpoints instead")
+    if cfg.fsdp_mixed_precision != "off" and not cfg.fsdp:
+        raise UserError(f"fsdp_mixed_precision={cfg.fsdp_mixed_precision!r} is an FSDP setting; add --fsdp=True "
+                        f"(under torchrun), or use --dtype=bfloat16 (autocast) without FSDP")
+    if cfg.fsdp_shard_size is not None:
+        if not cfg.fsdp:
+            raise UserError(f"fsdp_shard_size={cfg.fsdp_shard_size} is an FSDP setting; add --fsdp=True "
+                            f"(under torchrun) or leave it unset")
+        if cfg.fsdp_shard_size <= 0 or world_size % cfg.fsdp_shard_size:
+            sizes = [n for n in range(1, world_size + 1) if world_size % n == 0]
+            raise UserError(f"fsdp_shard_size={cfg.fsdp_shard_size} must divide the {world_size} process(es) into "
+                            f"equal groups; pick one of {sizes} (or leave it unset: one group of all)")
     if cfg.fsdp and cfg.dtype == "float16":
         raise UserError("fsdp=True does not support dtype='float16' (its loss scaler would skip steps on some "
                         "shards only); use --dtype=bfloat16 or float32")

@@ -34,6 +34,7 @@ import pytest
 import torch
 
 import checkpoint
+import model as model_module
 import train
 from configurator import UserError, load_config
 from helpers import (ENV, ROOT, TINY, assert_clean_error, assert_same, bad_file, events, max_rel_diff,
@@ -181,6 +182,41 @@ def test_wrapped_on_one_process_takes_the_plain_steps(data_dir, tmp_path, monkey
         assert recounted_win_rate(wrapped_ckpt) == b[9]["train/win_rate"] > 0
 
 
+@pytest.mark.parametrize("case", ["checkpointing", "hsdp", "bf16"])
+def test_fsdp2_options_against_the_plain_run(data_dir, straight_run, tmp_path, monkeypatch, single_rank, one_thread,
+                                             case):
+    """activation_checkpointing recomputes the same activations: bit for bit on 1 process. fsdp_shard_size (a
+    2-D mesh, HSDP; one replica x one shard here) with activation checkpointing: the plain steps to 1e-5.
+    fsdp_mixed_precision=bf16: near the fp32 losses but not equal (the compute is bf16), while the saved master
+    weights and Sophia's m and h stay fp32. (On a world of one; the 2-process HSDP run is in the slow tier.)"""
+    flags = {"checkpointing": ["--activation_checkpointing=True"],
+             "hsdp": ["--fsdp=True", "--fsdp_shard_size=1", "--activation_checkpointing=True"],
+             "bf16": ["--fsdp=True", "--fsdp_mixed_precision=bf16"]}[case]
+    if case == "checkpointing":
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+            monkeypatch.delenv(key)
+    block_forward, calls = model_module.Block.forward, []
+
+    def counted(self, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return block_forward(self, *args, **kwargs)
+    monkeypatch.setattr(model_module.Block, "forward", counted)
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=6", "--eval_interval=6", "--eval_iters=1", *flags))
+    a, b = events(straight_run[0]), events(tmp_path)
+    # 4 blocks x 2 micro-steps x 6 iterations forward with gradients, and as often again recomputed in the backward
+    assert sum(calls) == 4 * 2 * 6 * (1 if case == "bf16" else 2)
+    if case == "checkpointing":
+        assert_same(a, b, range(6))
+    elif case == "hsdp":
+        assert max_rel_diff(a, b, range(6)) <= 1e-5
+    else:
+        assert 1e-6 < max_rel_diff(a, b, range(6)) <= 3e-2
+        ckpt = checkpoint.load(str(tmp_path / "ckpt.pt"))
+        assert {t.dtype for t in ckpt["model"].values()} == {torch.float32}
+        assert {s[k].dtype for s in ckpt["optimizer"]["state"].values() for k in ("exp_avg", "hessian")} == \
+            {torch.float32}
+
+
 # ------------------------------------------------------------------------------------------------------
 # 2 processes under torchrun (slow)
 
@@ -296,6 +332,17 @@ def test_two_agents_on_loopback_match_one_process_and_resume_on_one(data_dir, st
         assert_close_to_one_process(one, events(out), range(24), n)
     else:
         assert_same(one, events(out), range(24))
+
+
+@pytest.mark.slow
+def test_hsdp_on_four_processes_reproduces_one(data_dir, straight_run, tmp_path):
+    """fsdp_shard_size=2 on 4 processes: a 2-D mesh, 2 replicas x 2 shards (HSDP), with activation checkpointing:
+    the steps of 1 process to 1e-4; its sharded checkpoint resumes on 1 process."""
+    tiny(data_dir, tmp_path, "--max_iters=8", "--batch_size=4", "--fsdp=True", "--fsdp_shard_size=2",
+         "--activation_checkpointing=True", "--eval_interval=8", "--eval_iters=2", nproc=4)
+    assert sorted(os.listdir(tmp_path / "ckpt_0000008.dcp"))[1:3] == ["__0_0.distcp", "__1_0.distcp"]
+    tiny(data_dir, tmp_path, "--max_iters=12", "--init_from=resume", "--eval_interval=8", "--eval_iters=2")
+    assert max_rel_diff(events(straight_run[0]), events(tmp_path), range(12)) <= 1e-4
 
 
 @pytest.mark.slow
@@ -544,6 +591,8 @@ BAD_INPUTS = {
     "missing dataset": (["--dataset=nosuchdata", "--data_dir=None"], ["data/nosuchdata", "prepare"]),
     "sophia-h under fsdp": (["--optimizer_name=sophiah", "--fsdp=True"], ["sophiah", "--fsdp=False"]),
     "fp16 under fsdp": (["--dtype=float16", "--fsdp=True"], ["float16", "bfloat16"]),
+    "mixed precision without fsdp": (["--fsdp_mixed_precision=bf16"], ["fsdp_mixed_precision", "--fsdp=True"]),
+    "shard size not dividing": (["--fsdp=True", "--fsdp_shard_size=3"], ["fsdp_shard_size=3", "[1]"]),
     "a device that does not exist": (["--device=nodevice"], ["--device=nodevice", "--device=cpu"]),
     "in-context tasks under fsdp": (["--eval_tasks=boolq", "--fsdp=True"], ["eval_tasks", "eval.py --tasks"]),
     "unknown in-context task": (["--eval_tasks=boolq,glue"], ["glue", "boolq"]),
