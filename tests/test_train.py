@@ -840,7 +840,8 @@ def test_lr_schedule():
 
 
 def test_gpt2_configs_build_the_paper_sizes():
-    sizes = {"small": 124, "medium": 355, "large": 774}   # 124.4M, 354.6M, 773.6M at vocab 50304, no biases
+    sizes = {"small": 124, "medium": 355, "large": 774, "xl": 1557}   # 124.4M, 354.6M, 773.6M, 1556.8M at vocab
+                                                                      # 50304, no biases
     for size, millions in sizes.items():
         for opt in ("sophiag", "adam", "lion", "sophiah"):
             cfg, _ = load_config(train.TrainConfig, [f"config/train_gpt2_{size}_{opt}.py"])
@@ -858,7 +859,7 @@ def test_gpt2_configs_match_the_readme_table():
     documented hyperparameters cannot drift from the ones that run."""
     rows = re.findall(r"^\| `(train_gpt2_\w+\.py)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| "
                       r"([^|]+) \| ([^|]+) \| ([^|]+) \|$", (ROOT / "README.md").read_text(), re.M)
-    assert len(rows) == 12
+    assert len(rows) == 16
     names = {"Sophia-G": "sophiag", "Sophia-H": "sophiah", "AdamW": "adamw", "Lion": "lion"}
     for name, model, optimizer, lr, min_lr, wd, betas, rho, micro in rows:
         cfg, _ = load_config(train.TrainConfig, [f"config/{name}"])
