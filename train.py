@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import secrets
 import subprocess
@@ -39,6 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy  # noqa: F401  (first: torch imports it midway, where a Ctrl-C would interrupt its C-extension init)
 import torch
 import torch.distributed as dist
 

@@ -35,7 +35,6 @@ checks; bf16 differs only in bytes per value.
 """
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -263,7 +262,8 @@ def validate():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--strategy", default=",".join(STRATEGIES), help=f"comma-separated, of {', '.join(STRATEGIES)}")
     parser.add_argument("--gpu_gb", default="40,80,141", help="GPU memory in GB, comma-separated")

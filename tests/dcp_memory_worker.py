@@ -5,8 +5,9 @@ measurement sees a full copy when there is one.
     torchrun --standalone --nproc_per_node=2 tests/dcp_memory_worker.py OUT_DIR    # tests/test_train.py, slow
 
 Memory is the resident set's high-water mark (Linux: VmHWM, reset through /proc/self/clear_refs) above its size
-when the save starts, so every allocation counts, torch's and the writer's, however brief. Rank 0 prints one
-JSON line: the full state's bytes (model + Sophia's m and h) and each rank's peak for both saves.
+when the save starts, so every allocation counts, torch's and the writer's, however brief (run it with
+MALLOC_MMAP_THRESHOLD_=65536, as the test does, so that glibc cannot serve a copy from memory freed earlier).
+Rank 0 prints one JSON line: the full state's bytes (model + Sophia's m and h) and each rank's peak for both saves.
 """
 import gc
 import json
@@ -74,7 +75,8 @@ def main():
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, peaks)
     if dist.get_rank() == 0:
-        print(json.dumps(dict(full_state_bytes=full_bytes, shard_files=sorted(os.listdir(os.path.join(out, "ckpt_0000001.dcp"))),
+        files = sorted(os.listdir(os.path.join(out, "ckpt_0000001.dcp")))
+        print(json.dumps(dict(full_state_bytes=full_bytes, shard_files=files,
                               sharded_peak=[p["sharded"] for p in everyone],
                               gathered_peak=[p["gathered"] for p in everyone])), flush=True)
     dist.destroy_process_group()
