@@ -331,8 +331,12 @@ class _MetadataUnpickler(pickle.Unpickler):
                "collections": {"OrderedDict"}, "builtins": {"set", "frozenset", "slice"}}
 
     def find_class(self, module, name):
-        if module.startswith("torch.distributed.checkpoint.") or name in self.ALLOWED.get(module, ()):
+        if name in self.ALLOWED.get(module, ()):
             return super().find_class(module, name)
+        if module.startswith("torch.distributed.checkpoint.") and "." not in name:   # no path to another module
+            found = super().find_class(module, name)
+            if isinstance(found, type):      # DCP's dataclasses and enums, not its functions or imports
+                return found
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
 

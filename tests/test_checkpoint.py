@@ -247,10 +247,12 @@ def test_converter_writes_the_single_file_and_damage_is_a_user_error(tmp_path, p
         checkpoint.convert(str(tmp_path / "ckpt_0000010.pt"), str(tmp_path / "x.pt"))
     # DCP's index is a pickle: one that would run code is refused, not loaded
     os.rename(os.path.join(path, ".metadata"), tmp_path / "metadata")
-    with open(os.path.join(path, ".metadata"), "wb") as f:
-        f.write(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    with pytest.raises(UserError, match="cannot be read .*os.system is not allowed"):
-        checkpoint.load(path)
+    for module, name in [(b"os", b"system"), (b"torch.distributed.checkpoint.filesystem", b"os.system"),
+                         (b"torch.distributed.checkpoint.filesystem", b"os")]:
+        with open(os.path.join(path, ".metadata"), "wb") as f:
+            f.write(b"\x80\x04c" + module + b"\n" + name + b"\n(S'echo pwned'\ntR.")
+        with pytest.raises(UserError, match=f"cannot be read .*{name.decode()} is not allowed"):
+            checkpoint.load(path)
     os.replace(tmp_path / "metadata", os.path.join(path, ".metadata"))
     with open(os.path.join(path, "__0_0.distcp"), "r+b") as f:    # cut short
         f.truncate(100)
