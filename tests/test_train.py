@@ -339,11 +339,13 @@ def test_two_agents_on_loopback_match_one_process_and_resume_on_one(data_dir, st
 @pytest.mark.slow
 def test_hsdp_on_four_processes_reproduces_one(data_dir, straight_run, tmp_path):
     """fsdp_shard_size=2 on 4 processes: a 2-D mesh, 2 replicas x 2 shards (HSDP), with activation checkpointing:
-    the steps of 1 process to 1e-4; its sharded checkpoint resumes on 1 process."""
+    the steps of 1 process to 1e-4. Its sharded checkpoint resumes under plain FSDP on 2 processes, each rank
+    reading its new shards from the 2 x 2 layout (the 2-node tests resume sharded checkpoints on 1 process)."""
     tiny(data_dir, tmp_path, "--max_iters=8", "--batch_size=4", "--fsdp=True", "--fsdp_shard_size=2",
          "--activation_checkpointing=True", "--eval_interval=8", "--eval_iters=2", nproc=4)
     assert sorted(os.listdir(tmp_path / "ckpt_0000008.dcp"))[1:3] == ["__0_0.distcp", "__1_0.distcp"]
-    tiny(data_dir, tmp_path, "--max_iters=12", "--init_from=resume", "--eval_interval=8", "--eval_iters=2")
+    tiny(data_dir, tmp_path, "--max_iters=12", "--init_from=resume", "--fsdp=True", "--eval_interval=8",
+         "--eval_iters=2", nproc=2)
     assert max_rel_diff(events(straight_run[0]), events(tmp_path), range(12)) <= 1e-4
 
 
