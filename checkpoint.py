@@ -1,30 +1,50 @@
 """
-Checkpoint files that survive preemption and kill -9.
+What a training checkpoint holds and how it is written so that it survives preemption and kill -9.
+
+A checkpoint is a dict of parts (make()): the model's and the optimizer's state dicts, the GPT's arguments, the
+loop's counters, every rank's RNG states, the data position, the resolved config and the code's versions.
+Two formats hold it:
 
 out_dir/
-    ckpt_0001000.pt   numbered checkpoints; the newest `keep_last` are kept
-    ckpt.pt           the latest (a hard link to the newest numbered file); --init_from=resume reads it
-    ckpt_best.pt      the one with the lowest val loss so far
+    ckpt_0001000.pt   one file (DDP and 1-process runs): full tensors, written by rank 0
+    ckpt_0001000.dcp/ a sharded checkpoint (FSDP runs), written with torch.distributed.checkpoint (DCP): every
+                      rank writes its own shards (__<rank>_0.distcp), rank 0 the index (.metadata) and the
+                      non-tensor parts (meta.pt); no rank gathers the full model or optimizer state
+    ckpt.pt           the latest: a hard link to the newest file, or a symbolic link to the newest directory;
+                      --init_from=resume reads it
+    ckpt_best.pt      the one with the lowest val loss so far (likewise)
+The newest `keep_last` numbered checkpoints are kept (and the one ckpt_best.pt names). Either format resumes on
+any number of processes, with or without FSDP; eval.py, sample.py and export_hf.py read both, and
+`python checkpoint.py out/ckpt_0001000.dcp out/ckpt_0001000.pt` converts a sharded one to a file.
 
-Every file is written to a temporary name, flushed and fsynced, then renamed over the target: a rename is
-atomic, so a reader (or a crash at any instant) sees either the old complete file or the new complete file.
-Checkpoints hold only tensors, numbers, strings, lists and dicts, and load with
-torch.load(weights_only=True, map_location="cpu"): no arbitrary pickled objects. Every tensor's bytes are
-checksummed (CRC-32) when saved and checked when loaded, so a file altered on disk is refused, not trained from;
-resuming then falls back to the previous checkpoint and says so.
+Writes are atomic: a file goes to a temporary name, flushed and fsynced, then renamed over the target; a
+sharded checkpoint is written into ckpt_<iter>.dcp.tmp/ and renamed when complete. A crash at any instant
+leaves the previous checkpoint the latest. Loading runs no foreign code: files load with
+torch.load(weights_only=True); DCP's pickled index is read admitting only DCP's metadata classes, and a
+sharded checkpoint holds tensors only (its other parts are in meta.pt). Every tensor of a file (and of meta.pt)
+is checksummed (CRC-32) when saved and checked when loaded, so an altered file is refused, not trained from;
+resuming then falls back to the previous checkpoint and says so. (DCP's shard files carry no checksums.)
 
-For inference (eval.py, sample.py): load_model() builds the checkpoint's GPT, dataset_dir() finds the data it was
-trained on and load_tokenizer() the tokenizer that data was made with.
+For inference (eval.py, sample.py, export_hf.py): load_model() builds the checkpoint's GPT, dataset_dir() finds
+the data it was trained on and load_tokenizer() the tokenizer that data was made with.
 """
 
 import glob
 import os
+import pickle
+import random
 import re
 import shutil
 import sys
+import warnings
 import zlib
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 
 from configurator import UserError
 from model import GPT, GPTConfig
@@ -32,6 +52,7 @@ from tokenizer import GPT2_VOCAB_SIZE, TokenizerError, tokenizer_from_meta
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
+SHARDED, META = ".dcp", "meta.pt"     # a sharded checkpoint: ckpt_<iter>.dcp/, its non-tensor parts in meta.pt
 FORMAT = "sophia-gpt-checkpoint"
 CHECKSUMS = "checksums"     # {path of a tensor in the checkpoint: CRC-32 of its bytes}
 
@@ -113,15 +134,31 @@ def save(out_dir, checkpoint, *, keep_last, is_best):
     _atomic_link(path, os.path.join(out_dir, LATEST))
     if is_best:
         _atomic_link(path, os.path.join(out_dir, BEST))
-    for old in numbered_files(out_dir)[:-keep_last]:
-        os.remove(old)
+    _remove_old(out_dir, keep_last)
     return path
 
 
+def _remove_old(out_dir, keep_last):
+    """Delete numbered checkpoints beyond the newest keep_last; a sharded one that ckpt.pt or ckpt_best.pt links
+    to stays (a file survives as their hard link, a directory would not)."""
+    linked = {os.path.realpath(os.path.join(out_dir, name)) for name in (LATEST, BEST)
+              if os.path.islink(os.path.join(out_dir, name))}
+    for old in numbered_files(out_dir)[:-keep_last]:
+        if os.path.isdir(old):
+            if os.path.realpath(old) not in linked:
+                shutil.rmtree(old)
+        else:
+            os.remove(old)
+
+
 def numbered_files(out_dir):
-    """Numbered checkpoint files, oldest first."""
-    files = [f for f in glob.glob(os.path.join(out_dir, "ckpt_*.pt")) if re.search(r"ckpt_\d+\.pt$", f)]
-    return sorted(files)
+    """Numbered checkpoints, oldest first: files (ckpt_<iter>.pt) and sharded directories (ckpt_<iter>.dcp)."""
+    found = []
+    for path in glob.glob(os.path.join(out_dir, "ckpt_*")):
+        match = re.search(r"ckpt_(\d+)(\.pt|\.dcp)$", path)
+        if match and (match.group(2) == ".pt") != os.path.isdir(path):
+            found.append((int(match.group(1)), match.group(2) == ".pt", path))
+    return [path for *_, path in sorted(found)]
 
 
 def has_checkpoint(out_dir):
@@ -144,7 +181,10 @@ def _short(err):
 
 
 def load(path):
-    """Load one checkpoint file; a corrupt, altered or foreign file is a UserError naming it."""
+    """Load one checkpoint, a file or a sharded directory (its full tensors, in this process); a corrupt,
+    altered or foreign one is a UserError naming it."""
+    if is_sharded(path):
+        return _load_sharded_full(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -175,16 +215,18 @@ def _distinct_files(paths):
     return result
 
 
-def load_latest(out_dir):
-    """The newest loadable checkpoint in out_dir: ckpt.pt, else the numbered files newest first. Each file passed
-    over is named on stderr with the reason (once, on rank 0 under torchrun). Returns (checkpoint, path)."""
+def load_latest(out_dir, shards=False):
+    """The newest loadable checkpoint in out_dir: ckpt.pt, else the numbered ones newest first. Each one passed
+    over is named on stderr with the reason (once, on rank 0 under torchrun). Returns (checkpoint, path).
+    shards=True (resuming under FSDP): of a sharded checkpoint, only its non-tensor parts are read, with
+    'sharded' naming its layout; load_sharded_into() then reads each rank's shards."""
     require_checkpoint(out_dir)
     candidates = [os.path.join(out_dir, LATEST)] + numbered_files(out_dir)[::-1]
     candidates = _distinct_files([c for c in candidates if os.path.exists(c)])
     errors = []
     for path in candidates:
         try:
-            checkpoint = load(path)
+            checkpoint = _sharded_metadata(path)[0] if shards and is_sharded(path) else load(path)
         except UserError as err:
             errors.append(str(err))
             if os.environ.get("RANK", "0") == "0":
@@ -192,6 +234,310 @@ def load_latest(out_dir):
             continue
         return checkpoint, path
     raise UserError("no loadable checkpoint in " + repr(out_dir) + ":\n  " + "\n  ".join(errors))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sharded checkpoints (FSDP): a directory written with torch.distributed.checkpoint (DCP)
+
+def numbered_dir(out_dir, iter_num):
+    return os.path.join(out_dir, f"ckpt_{iter_num:07d}{SHARDED}")
+
+
+def is_sharded(path):
+    """A sharded checkpoint is a directory (ckpt.pt and ckpt_best.pt are then links to it)."""
+    return os.path.isdir(path)
+
+
+def sharded_state(model, optimizer):
+    """(tensors, layout) of a sharded checkpoint: tensors is the flat {key: tensor} DCP writes, with each rank
+    holding only its shards of DTensor values (nothing is gathered); layout, the rest needed to rebuild the
+    model's and optimizer's state dicts. Keys: model/<name> (a tied weight once, its other names in
+    layout['aliases']) and optimizer/<parameter index>/<state name>."""
+    names = dict(model.named_parameters(remove_duplicate=False))
+    first = {}
+    aliases = {}
+    tensors = {}
+    for name, value in model.state_dict().items():
+        source = id(names[name]) if name in names else id(value)
+        if source in first:
+            aliases[name] = first[source]
+            continue
+        first[source] = name
+        tensors[f"model/{name}"] = value
+    state = optimizer.state_dict()
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optimizer/{index}/{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return tensors, dict(aliases=aliases, param_groups=state["param_groups"])
+
+
+def save_sharded(out_dir, ckpt, tensors, *, keep_last, is_best):
+    """All ranks call this. Every rank writes its own shards of `tensors` into ckpt_<iter>.dcp.tmp/ (DCP: one
+    file per rank, and rank 0 the index, .metadata); rank 0 adds the rest of the checkpoint (`ckpt`, with no
+    model or optimizer tensors) as meta.pt, then renames the directory to ckpt_<iter>.dcp: a crash before that
+    rename leaves the previous checkpoint the latest. ckpt.pt (and ckpt_best.pt) become links to it, and
+    numbered checkpoints beyond the newest keep_last are deleted, as for single files."""
+    distributed = dist.is_initialized()      # without a process group: one process writes it all
+    rank = dist.get_rank() if distributed else 0
+    final = numbered_dir(out_dir, ckpt["iter_num"])
+    tmp = final + ".tmp"
+    if rank == 0:
+        for stale in glob.glob(os.path.join(out_dir, f"ckpt_*{SHARDED}.tmp")):   # saves that crashed
+            shutil.rmtree(stale)
+        os.makedirs(tmp)
+    if distributed:
+        dist.barrier()
+    with warnings.catch_warnings():          # DCP's note that it writes without a process group, as asked
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(tensors, storage_writer=FileSystemWriter(tmp, thread_count=1, sync_files=True),
+                 no_dist=not distributed)
+    if rank == 0:       # dcp.save returns on rank 0 once every rank's files are written and .metadata is
+        ckpt[CHECKSUMS] = checksums(ckpt)
+        atomic_save(ckpt, os.path.join(tmp, META))
+        if os.path.isdir(final):    # the same iteration saved again (a resumed run's last checkpoint)
+            old = f"{final}.old{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(out_dir)
+        _atomic_symlink(final, os.path.join(out_dir, LATEST))
+        if is_best:
+            _atomic_symlink(final, os.path.join(out_dir, BEST))
+        _remove_old(out_dir, keep_last)
+    if distributed:
+        dist.barrier()      # no rank resumes or exits before the checkpoint is complete
+    return final
+
+
+def _atomic_symlink(target, dst):
+    """dst becomes a relative symbolic link to target (in the same directory), atomically."""
+    tmp = f"{dst}.tmp{os.getpid()}"
+    try:
+        os.symlink(os.path.basename(target), tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(dst))
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's .metadata is a pickle; this reads it admitting only DCP's own metadata classes and torch's dtypes
+    and sizes, so that loading a sharded checkpoint runs no foreign code (as torch.load(weights_only=True))."""
+    ALLOWED = {"torch": {"Size"} | {name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)},
+               "torch.serialization": {"_get_layout"}, "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath"},
+               "collections": {"OrderedDict"}, "builtins": {"set", "frozenset", "slice"}}
+
+    def find_class(self, module, name):
+        if name in self.ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        if module.startswith("torch.distributed.checkpoint.") and "." not in name:   # no path to another module
+            found = super().find_class(module, name)
+            if isinstance(found, type):      # DCP's dataclasses and enums, not its functions or imports
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        with open(os.path.join(self.path, ".metadata"), "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _sharded_metadata(path):
+    """(meta.pt's dict, DCP's index of tensors) of a sharded checkpoint; UserError when incomplete or foreign."""
+    if not os.path.isfile(os.path.join(path, META)) or not os.path.isfile(os.path.join(path, ".metadata")):
+        raise UserError(f"{path} is not a complete sharded checkpoint (no {META} or .metadata in it); "
+                        f"delete it or pick another checkpoint")
+    ckpt = load(os.path.join(path, META))
+    try:
+        metadata = _SafeReader(path).read_metadata()
+        index = metadata.state_dict_metadata
+        files = sorted({info.relative_path for info in metadata.storage_data.values()})
+    except Exception as err:
+        raise UserError(f"sharded checkpoint {path} cannot be read ({type(err).__name__}: {_short(err)}); it is "
+                        f"corrupt or not a checkpoint of this repo: delete it or pick another out_dir") from None
+    foreign = [k for k, v in index.items() if not isinstance(v, TensorStorageMetadata)
+               or not k.startswith(("model/", "optimizer/"))]
+    if foreign:
+        raise UserError(f"sharded checkpoint {path} holds entries this repo never writes ({', '.join(foreign[:3])})"
+                        f"; it was not written by this repo's train.py")
+    missing = [name for name in files if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise UserError(f"sharded checkpoint {path} is missing its shard file(s) {', '.join(missing[:3])}; it was "
+                        f"copied or deleted in part: delete it or pick another checkpoint")
+    return ckpt, index
+
+
+def _read_shards(path, tensors, alone=False):
+    """Fill `tensors` (flat, plain or DTensor) from the sharded checkpoint at path: DCP reads, for each, the parts
+    of the saved shards it covers, whatever the number of processes that wrote them. alone=True, or without a
+    process group: this process reads all it asks for by itself (no collectives)."""
+    try:
+        with warnings.catch_warnings():      # DCP's note that it reads without a process group, as asked
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(tensors, storage_reader=_SafeReader(path), no_dist=alone or not dist.is_initialized())
+    except (Exception, CheckpointException) as err:     # (DCP's exception is not an Exception)
+        raise UserError(f"sharded checkpoint {path} cannot be loaded ({type(err).__name__}: {_short(err)}); "
+                        f"its shard files are damaged or missing: delete it or pick another checkpoint") from None
+
+
+def _optimizer_state(tensors):
+    """{parameter index: {state name: tensor}} from the flat optimizer/<index>/<name> entries."""
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    return dict(sorted(state.items()))
+
+
+def _load_sharded_full(path):
+    """A sharded checkpoint as the dict a single file holds: full tensors, on the CPU, read by this process alone
+    (1-process and DDP resume, eval.py, sample.py, the converter)."""
+    ckpt, index = _sharded_metadata(path)
+    tensors = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in index.items()}
+    _read_shards(path, tensors, alone=True)
+    layout = ckpt.pop("sharded")
+    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    for alias, source in layout["aliases"].items():
+        model[alias] = model[source]        # a tied weight: one tensor under both names, as in a file
+    optimizer = dict(state=_optimizer_state(tensors), param_groups=layout["param_groups"])
+    return {**ckpt, "model": model, "optimizer": optimizer}
+
+
+def load_sharded_into(path, model, optimizer):
+    """Resume under FSDP from a sharded checkpoint: every rank reads only what its shards of the model's and the
+    optimizer's state need (saved on any number of processes). The model's parameters are filled in place; the
+    optimizer's state is rebuilt, each tensor shaped like its parameter as a shard of it."""
+    ckpt, index = _sharded_metadata(path)
+    layout = ckpt["sharded"]
+    live = model.state_dict()
+    tensors = {f"model/{k}": v for k, v in live.items() if k not in layout["aliases"]}
+    saved = {k for k in index if k.startswith("model/")}
+    missing = sorted(set(tensors) ^ saved)
+    if missing:
+        raise UserError(f"cannot resume from {path}: its model entries differ from this model's "
+                        f"({', '.join(missing[:3])}); it was written by another version of the repo")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_ids = [i for group in layout["param_groups"] for i in group["params"]]
+    for key, item in index.items():
+        if key.startswith("optimizer/"):
+            p = params[saved_ids.index(int(key.split("/")[1]))]
+            if tuple(item.size) == tuple(p.shape):
+                tensors[key] = torch.empty_like(p, dtype=item.properties.dtype)
+            else:       # a scalar such as Sophia's step count, the same on every rank
+                tensors[key] = torch.empty(item.size, dtype=item.properties.dtype)
+    _read_shards(path, tensors)
+    model.load_state_dict({k: tensors[f"model/{layout['aliases'].get(k, k)}"] for k in live})
+    optimizer.load_state_dict(dict(state=_optimizer_state(tensors), param_groups=layout["param_groups"]))
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a checkpoint holds: its keys, the RNG states, and the checks a resume makes
+
+# Keys a resumed run may change: how it runs and is observed, not what it computes (the batches are a function
+# of the seed and the iteration, whatever the micro-batch and process layout). Any other key changes the
+# experiment and is refused on resume, unless resume_override names it; the model's shape and the optimizer
+# never change.
+RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
+                  "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit", "eval_tasks_data",
+                  "wandb_log", "wandb_project", "wandb_run_name",
+                  "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
+                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp",
+                  "fsdp_shard_size", "fsdp_mixed_precision", "activation_checkpointing"}
+NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
+                    "parallel_block", "rotary_dim", "tie_embeddings"}
+DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None
+
+
+
+def make(*, model, optimizer, model_args, state, rng, config, code, scaler=None, sharded=None):
+    """A training checkpoint as a dict of its parts: the model's and the optimizer's state dicts (full
+    tensors), the GPT's constructor arguments, the loop's counters (`state`, with iter_num), every rank's RNG
+    states, the data position (the sampler is a pure function of seed and iteration, so the next iteration is
+    all it needs), the resolved config and the code's versions."""
+    ckpt = dict(format=FORMAT, model=model, optimizer=optimizer, model_args=model_args,
+                iter_num=state["iter_num"], state=dict(state), rng=rng,
+                sampler=dict(scheme="global-batch = f(seed, stream, iteration)", seed=config["seed"],
+                             next_iteration=state["iter_num"]),
+                config=config, code=code)
+    if scaler is not None:
+        ckpt["scaler"] = scaler
+    if sharded is not None:      # the tensors are in DCP's files beside it: only their layout here
+        del ckpt["model"], ckpt["optimizer"]
+        ckpt["sharded"] = sharded
+    return ckpt
+
+
+def rng_state(device):
+    """This process's RNG states (only dropout draws from them: data and sampling use derived seeds)."""
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2])))
+
+
+def set_rng_state(saved, rank, device):
+    """Restore rank `rank`'s saved RNG states. Returns False when the checkpoint has none for this rank (it was
+    written by fewer processes): the caller seeds that rank itself."""
+    if rank >= len(saved):
+        return False
+    state = saved[rank]
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"]))
+    return True
+
+
+def check_resumable(ckpt, path, model_args, optimizer_name):
+    """Refuse to resume a checkpoint of another model shape or optimizer (UserError naming the difference)."""
+    # a key a checkpoint lacks (written before that switch existed) had GPTConfig's default, GPT-2's
+    saved_args = {**{k: f.default for k, f in GPTConfig.__dataclass_fields__.items()}, **ckpt["model_args"]}
+    differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in model_args.items()
+              if saved_args.get(k) != v]
+    if differ:
+        raise UserError(f"cannot resume from {path}: the model differs ({'; '.join(differ)}); use the "
+                        f"checkpoint's settings, or a new --out_dir to start another run")
+    if ckpt["config"]["optimizer_name"] != optimizer_name:
+        raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
+                        f"{ckpt['config']['optimizer_name']!r}, not {optimizer_name!r}")
+
+
+def check_resumed_config(saved, now, path, resume_override, derived):
+    """Refuse a resume that changes the experiment (any key outside RESUMABLE_KEYS, compared after the None
+    defaults are filled), unless resume_override names those keys. `derived`: the keys this run left at None.
+    Returns {key: [saved, now]} allowed."""
+    allowed = {k.strip() for k in (resume_override or "").split(",") if k.strip()}
+    unknown = sorted(k for k in allowed if k not in now or k in RESUMABLE_KEYS | NEVER_OVERRIDDEN)
+    if unknown:
+        raise UserError(f"--resume_override={resume_override}: {', '.join(unknown)} cannot be named "
+                        f"there (only keys that change the experiment, and not the model's shape or the "
+                        f"optimizer); the others may change on resume anyway")
+    changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RESUMABLE_KEYS and saved[k] != v}
+    # a key left at None follows its source (min_lr = 0.05 x learning_rate): allowing the source allows it
+    source = {k: DERIVED_FROM.get(k, k) if k in derived else k for k in changed}
+    refused = {k: v for k, v in changed.items() if source[k] not in allowed}
+    if refused:
+        listed = ", ".join(f"{k}={old!r} in the checkpoint, {new!r} now" + (
+            f" (it follows {source[k]})" if source[k] != k else "") for k, (old, new) in refused.items())
+        hint = " (lr_decay_iters follows max_iters when unset: pass the checkpoint's value)" \
+            if "lr_decay_iters" in refused else ""
+        names = ",".join(dict.fromkeys(source[k] for k in refused if source[k] not in RESUMABLE_KEYS))
+        raise UserError(f"cannot resume from {path}: it would change the experiment: {listed}{hint}; resume "
+                        f"with the checkpoint's values" + (f", allow the change with --resume_override={names}"
+                                                           if names else "") +
+                        ", or start a new run in another --out_dir")
+    return changed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,3 +587,36 @@ def load_tokenizer(data_dir, model_vocab_size):
                         f"model knows only {model_vocab_size}: it was trained on another dataset; pass --data_dir=DIR "
                         f"of that dataset")
     return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# python checkpoint.py SHARDED_DIR FILE.pt: a sharded checkpoint -> one file
+
+def convert(source, dest):
+    """Write the sharded checkpoint `source` (a ckpt_<iter>.dcp directory, or a ckpt.pt link to one) as the single
+    file `dest`, with checksums: what a DDP or 1-process run writes, readable by every script here."""
+    if not os.path.exists(source):
+        raise UserError(f"{source} not found; pass a sharded checkpoint directory (out_dir/ckpt_<iter>.dcp)")
+    if not is_sharded(source):
+        raise UserError(f"{source} is already a single-file checkpoint; pass a sharded one (a ckpt_<iter>.dcp "
+                        f"directory)")
+    if os.path.exists(dest):
+        raise UserError(f"{dest} exists; pass a new file name (nothing is overwritten)")
+    ckpt = load(source)
+    ckpt[CHECKSUMS] = checksums(ckpt)
+    atomic_save(ckpt, dest)
+    return ckpt
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0].startswith("-"):
+        raise UserError("usage: python checkpoint.py SHARDED_CHECKPOINT_DIR OUT_FILE.pt (e.g. out/ckpt_0001000.dcp "
+                        "out/ckpt_0001000.pt)")
+    ckpt = convert(*argv)
+    print(f"{argv[0]} (iteration {ckpt['iter_num']}) -> {argv[1]}")
+
+
+if __name__ == "__main__":
+    from configurator import run_cli
+    run_cli(main)

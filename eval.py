@@ -61,7 +61,7 @@ from dataloader import TokenDataset
 @dataclass
 class EvalConfig:
     out_dir: str = "out"                    # the training run: its latest checkpoint is evaluated
-    ckpt: str | None = None                 # a checkpoint file instead, e.g. out/ckpt_best.pt
+    ckpt: str | None = None                 # a checkpoint file or .dcp directory instead, e.g. out/ckpt_best.pt
     split: Literal["val", "train"] = "val"
     max_tokens: int | None = None           # predict at most this many tokens (the first ones); None: the whole split
     batch_size: int | None = None           # windows per forward pass; None: the checkpoint's micro-batch size

@@ -50,7 +50,7 @@ INSTALL = "pip install -r requirements-hf.txt"
 @dataclass
 class ExportConfig:
     out_dir: str = "out"                    # the training run: its latest checkpoint is exported
-    ckpt: str | None = None                 # a checkpoint file instead, e.g. out/ckpt_best.pt
+    ckpt: str | None = None                 # a checkpoint file or .dcp directory instead, e.g. out/ckpt_best.pt
     hf_dir: str | None = None               # the directory to write (created; files in it are overwritten)
     data_dir: str | None = None             # dataset whose meta.json names the tokenizer; None: the checkpoint's
 

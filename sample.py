@@ -32,7 +32,7 @@ FILE_PREFIX = "FILE:"
 @dataclass
 class SampleConfig:
     out_dir: str = "out"                    # the training run: its latest checkpoint is used
-    ckpt: str | None = None                 # a checkpoint file instead, e.g. out/ckpt_best.pt
+    ckpt: str | None = None                 # a checkpoint file or .dcp directory instead, e.g. out/ckpt_best.pt
     start: str = ""                         # the prompt, or FILE:path to read it from a file; "": none
     num_samples: int = 3
     max_new_tokens: int = 200               # tokens generated per sample

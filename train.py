@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import secrets
 import subprocess
@@ -39,22 +38,20 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
+import numpy  # noqa: F401  (first: torch imports it midway, where a Ctrl-C would interrupt its C-extension init)
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import devices
+import parallel
 from configurator import UserError, config_to_dict, load_config
 from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
 from lion import FOREACH_DEVICES as LION_FOREACH_DEVICES, Lion
 from model import GPT, GPTConfig
 from muon import MuonAdamW
+from parallel import Run, full_tensor, local_tensor
 from sophia import SophiaG, SophiaH, gnb_backward, hutchinson_estimate
-from sophia import _full as full_tensor, _local as local_tensor   # DTensor (FSDP) -> whole / this rank's shard
 from tokenizer import tokenizer_from_meta
 
 # Each optimizer's hyperparameters, for the keys left at None: the one source of them for the training loop
@@ -89,7 +86,7 @@ class TrainConfig:
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
     init_from: Literal["scratch", "resume"] = "scratch"
     resume_override: str | None = None      # on resume: experiment keys allowed to differ from the checkpoint's,
-                                            # comma-separated (e.g. "rho,learning_rate"); see RESUMABLE_KEYS
+                                            # comma-separated (e.g. "rho,learning_rate"); see checkpoint.RESUMABLE_KEYS
     # wandb
     wandb_log: bool = False
     wandb_project: str = "sophia"
@@ -152,20 +149,14 @@ class TrainConfig:
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
     fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
                                             # over the processes (FSDP2) instead of replicating them (DDP)
+    fsdp_shard_size: int | None = None      # FSDP: shard within groups of this many processes and replicate across
+                                            # the groups (HSDP, a 2-D mesh; e.g. the GPUs of one node); None: all
+    fsdp_mixed_precision: Literal["off", "bf16", "bf16_reduce_fp32"] = "off"   # FSDP: weights all-gathered and
+                                            # computed in bf16, gradients reduced in bf16 (or fp32); the sharded
+                                            # master weights and the optimizer state (Sophia's m, h) stay fp32
+    activation_checkpointing: bool = False  # keep only each block's input, recompute its activations in the
+                                            # backward (~1/3 more compute, activation memory / ~n_layer)
     seed: int = 1337
-
-
-# Keys a resumed run may change: how it runs and is observed, not what it computes (the batches are a function
-# of the seed and the iteration, whatever the micro-batch and process layout). Any other key changes the
-# experiment and is refused on resume, unless resume_override names it; the model's shape and the optimizer
-# never change.
-RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
-                  "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit", "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name",
-                  "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
-                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp"}
-NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
-                    "parallel_block", "rotary_dim", "tie_embeddings"}
-DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,6 +222,17 @@ def resolve(cfg, world_size):
     if cfg.eval_tasks and cfg.fsdp:
         raise UserError("eval_tasks runs on rank 0 alone, but under fsdp=True every rank holds only a shard of the "
                         "model; leave eval_tasks empty and run eval.py --tasks=... on the checkpoints instead")
+    if cfg.fsdp_mixed_precision != "off" and not cfg.fsdp:
+        raise UserError(f"fsdp_mixed_precision={cfg.fsdp_mixed_precision!r} is an FSDP setting; add --fsdp=True "
+                        f"(under torchrun), or use --dtype=bfloat16 (autocast) without FSDP")
+    if cfg.fsdp_shard_size is not None:
+        if not cfg.fsdp:
+            raise UserError(f"fsdp_shard_size={cfg.fsdp_shard_size} is an FSDP setting; add --fsdp=True "
+                            f"(under torchrun) or leave it unset")
+        if cfg.fsdp_shard_size <= 0 or world_size % cfg.fsdp_shard_size:
+            sizes = [n for n in range(1, world_size + 1) if world_size % n == 0]
+            raise UserError(f"fsdp_shard_size={cfg.fsdp_shard_size} must divide the {world_size} process(es) into "
+                            f"equal groups; pick one of {sizes} (or leave it unset: one group of all)")
     if cfg.fsdp and cfg.dtype == "float16":
         raise UserError("fsdp=True does not support dtype='float16' (its loss scaler would skip steps on some "
                         "shards only); use --dtype=bfloat16 or float32")
@@ -278,44 +280,6 @@ def build_optimizer(cfg, model):
 
 # ----------------------------------------------------------------------------------------------------------
 # the run
-
-class Run:
-    """Process-level facts: distributed setup, device, precision."""
-
-    def __init__(self):
-        self.ddp = int(os.environ.get("RANK", -1)) != -1
-        if self.ddp:
-            self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-            self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        else:
-            self.rank, self.world, self.local_rank = 0, 1, 0
-        self.master = self.rank == 0
-
-    def setup_device(self, cfg):
-        if self.ddp and cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{self.local_rank}"      # one GPU per process
-        self.device = devices.checked_device(cfg.device)
-        if self.ddp:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None)
-        devices.configure(self.device)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        self.autocast = devices.autocast(self.device, cfg.dtype)
-
-    def all_mean(self, tensor):
-        """Mean over ranks (one collective)."""
-        tensor = tensor.detach().float().clone()
-        if self.ddp:
-            dist.all_reduce(tensor)
-            tensor /= self.world
-        return tensor
-
-    def print(self, *args):
-        if self.master:
-            print(*args, flush=True)
-
 
 class StopRequest:
     """SIGTERM / SIGINT set a flag, said at once on stderr; the loop finishes the current step, checkpoints and
@@ -409,19 +373,9 @@ class Trainer:
                           train_time=0.0, compile_time=0.0, cpu_time=0.0, wandb_run_id=None, diagnostics={})
         self.resumed_from, self.resume_overrides = None, {}
         ckpt = self._load_checkpoint() if cfg.init_from == "resume" else None   # loads the weights
-        # the model to run forward/backward through. DDP: raw_model compiled, then wrapped. FSDP: raw_model
-        # itself, its blocks compiled and every parameter sharded in place. Checkpoints hold raw_model, unsharded.
-        self.fsdp = cfg.fsdp and run.ddp
-        if self.fsdp:
-            self._shard_model()
-            self.compiled = self.model = self.raw_model
-        else:
-            self.compiled = torch.compile(self.raw_model) if cfg.compile else self.raw_model
-            self.model = self.compiled
-            if run.ddp:
-                # gradients as views into DDP's all-reduce buckets: no second copy of every gradient
-                self.model = DDP(self.compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
-                                 gradient_as_bucket_view=True)
+        # self.model runs forward/backward (it syncs gradients), self.compiled the passes that sum their own
+        # (parallel.Run.wrap); raw_model holds the parameters (FSDP: sharded in place)
+        self.model, self.compiled = run.wrap(self.raw_model)
         self.optimizer = build_optimizer(cfg, self.raw_model)
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
         if ckpt is not None:
@@ -430,7 +384,7 @@ class Trainer:
         self.prefetched = None          # (iteration, its micro-batches), loaded ahead by train_step
         self.wandb = None
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-        layout = " (FSDP)" if self.fsdp else " (DDP)" if run.ddp else ""
+        layout = f" ({run.layout})" if run.layout else ""
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
                   f"{run.world} process(es){layout} x {cfg.batch_size} sequences x "
                   f"{grad_accum} accumulation steps = "
@@ -482,132 +436,35 @@ class Trainer:
                            f"to {kept}")
 
     def _load_checkpoint(self):
-        """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding)."""
-        ckpt, path = checkpoint.load_latest(self.cfg.out_dir)
-        # a key a checkpoint lacks (written before that switch existed) had GPTConfig's default, GPT-2's
-        saved_args = {**{k: f.default for k, f in GPTConfig.__dataclass_fields__.items()}, **ckpt["model_args"]}
-        differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in self.model_args.items()
-                  if saved_args.get(k) != v]
-        if differ:
-            raise UserError(f"cannot resume from {path}: the model differs ({'; '.join(differ)}); use the "
-                            f"checkpoint's settings, or a new --out_dir to start another run")
-        if ckpt["config"]["optimizer_name"] != self.cfg.optimizer_name:
-            raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
-                            f"{ckpt['config']['optimizer_name']!r}, not {self.cfg.optimizer_name!r}")
-        self.resume_overrides = self._check_resumed_config(ckpt["config"], path)
-        self.raw_model.load_state_dict(ckpt["model"])
+        """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding),
+        except those of a sharded checkpoint resumed under FSDP: each rank reads its shards in _restore."""
+        ckpt, path = checkpoint.load_latest(self.cfg.out_dir, shards=self.run.fsdp)
+        checkpoint.check_resumable(ckpt, path, self.model_args, self.cfg.optimizer_name)
+        self.resume_overrides = checkpoint.check_resumed_config(ckpt["config"], config_to_dict(self.cfg), path,
+                                                                self.cfg.resume_override, self.derived)
+        if "model" in ckpt:
+            self.raw_model.load_state_dict(ckpt["model"])
         ckpt["path"] = path
         return ckpt
 
-    def _check_resumed_config(self, saved, path):
-        """Refuse a resume that changes the experiment (any key outside RESUMABLE_KEYS, compared after the None
-        defaults are filled), unless resume_override names those keys. Returns {key: [saved, now]} allowed."""
-        now = config_to_dict(self.cfg)
-        allowed = {k.strip() for k in (self.cfg.resume_override or "").split(",") if k.strip()}
-        unknown = sorted(k for k in allowed if k not in now or k in RESUMABLE_KEYS | NEVER_OVERRIDDEN)
-        if unknown:
-            raise UserError(f"--resume_override={self.cfg.resume_override}: {', '.join(unknown)} cannot be named "
-                            f"there (only keys that change the experiment, and not the model's shape or the "
-                            f"optimizer); the others may change on resume anyway")
-        changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RESUMABLE_KEYS and saved[k] != v}
-        # a key left at None follows its source (min_lr = 0.05 x learning_rate): allowing the source allows it
-        source = {k: DERIVED_FROM.get(k, k) if k in self.derived else k for k in changed}
-        refused = {k: v for k, v in changed.items() if source[k] not in allowed}
-        if refused:
-            listed = ", ".join(f"{k}={old!r} in the checkpoint, {new!r} now" + (
-                f" (it follows {source[k]})" if source[k] != k else "") for k, (old, new) in refused.items())
-            hint = " (lr_decay_iters follows max_iters when unset: pass the checkpoint's value)" \
-                if "lr_decay_iters" in refused else ""
-            names = ",".join(dict.fromkeys(source[k] for k in refused if source[k] not in RESUMABLE_KEYS))
-            raise UserError(f"cannot resume from {path}: it would change the experiment: {listed}{hint}; resume "
-                            f"with the checkpoint's values" + (f", allow the change with --resume_override={names}"
-                                                               if names else "") +
-                            ", or start a new run in another --out_dir")
-        return changed
-
     def _restore(self, ckpt):
         """Optimizer, scaler, counters and RNG states from the checkpoint."""
-        self.optimizer.load_state_dict(self._shard_optimizer_state(ckpt["optimizer"]) if self.fsdp
-                                       else ckpt["optimizer"])
+        if "sharded" in ckpt:       # FSDP from a sharded checkpoint (any world size): this rank's shards only
+            checkpoint.load_sharded_into(ckpt["path"], self.raw_model, self.optimizer)
+        else:                       # FSDP slices the full tensors every rank read; DDP / 1 process takes them
+            self.optimizer.load_state_dict(parallel.shard_optimizer_state(self.optimizer, ckpt["optimizer"]))
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state.update(ckpt["state"])
         if "tokens" not in ckpt["state"]:    # written before the count was kept: every step had the saved batch
             self.state["tokens"] = self.state["iter_num"] * ckpt["config"]["total_bs"] * ckpt["config"]["block_size"]
-        self._set_rng_state(ckpt["rng"])
+        if not checkpoint.set_rng_state(ckpt["rng"], self.run.rank, self.run.device):
+            # resumed on more processes than were saved: seed the new ones
+            torch.manual_seed(derive_seed(self.cfg.seed, self.run.rank, self.state["iter_num"]))
         self.resumed_from = self.state["iter_num"]
         self.run.print(f"resuming from {ckpt['path']} at iteration {self.resumed_from}")
 
-    def _shard_model(self):
-        """FSDP2: each transformer block is one all-gather / reduce-scatter unit; the root holds the rest (the
-        tied embedding, the final norm). torch.compile goes per block, before sharding, so that FSDP's
-        collectives stay outside the compiled graphs."""
-        blocks = self.raw_model.transformer.h
-        for block in blocks:
-            if self.cfg.compile:
-                block.compile()
-            fully_shard(block)
-        fully_shard(self.raw_model)
-
-    def _shard_optimizer_state(self, saved):
-        """Checkpoints hold full tensors; under FSDP each rank keeps its own shard of every state tensor shaped
-        like its parameter (every rank read the whole file, so each just slices its part: no communication)."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
-        state = {}
-        for index, param_state in saved["state"].items():
-            p = params[saved_ids.index(index)]
-            state[index] = {key: distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
-                            if isinstance(p, DTensor) and value.shape == p.shape else value
-                            for key, value in param_state.items()}
-        return {**saved, "state": state}
-
-    def _full_state_dicts(self):
-        """(model, optimizer) state dicts with full tensors: FSDP shards are gathered, on every rank (collectives,
-        in the same order everywhere). The tied embedding is gathered once and saved as one tensor."""
-        params = dict(self.raw_model.named_parameters(remove_duplicate=False))    # both names of a tied weight
-        full_params = {id(p): full_tensor(p.detach()) for p in self.raw_model.parameters()}   # each weight once
-        model = {k: full_params[id(params[k])] if k in params else full_tensor(v)
-                 for k, v in self.raw_model.state_dict().items()}
-        optimizer = self.optimizer.state_dict()
-        optimizer["state"] = {i: {k: full_tensor(v) for k, v in s.items()} for i, s in optimizer["state"].items()}
-        return model, optimizer
-
-    def _rng_state(self):
-        """This rank's RNG states (only dropout draws from them: data and sampling use derived seeds)."""
-        np_state = np.random.get_state()
-        return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
-                    cuda=torch.cuda.get_rng_state(self.run.device) if self.run.device.type == "cuda" else None,
-                    numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2])))
-
-    def _set_rng_state(self, saved):
-        if self.run.rank >= len(saved):    # resumed on more processes than were saved: seed the new ones
-            torch.manual_seed(derive_seed(self.cfg.seed, self.run.rank, self.state["iter_num"]))
-            return
-        state = saved[self.run.rank]
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] is not None and self.run.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.run.device)
-        random.setstate((3, tuple(state["python"]), None))
-        np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"]))
-
     # ---------------------------------------------------------------------------------------- steps
-
-    def _sync_grads(self, on):
-        """DDP all-reduces (FSDP reduce-scatters) gradients only on the last micro-step; earlier ones accumulate."""
-        if self.fsdp:
-            self.model.set_requires_gradient_sync(on)
-        elif self.run.ddp:
-            self.model.require_backward_grad_sync = on
-
-    def _in_lockstep(self, batches, count, size):
-        """FSDP all-gathers weights in every forward, so every rank must run as many as the others: when `count`
-        rows in micro-batches of `size` do not split evenly over ranks, pad this rank's list with None, a pass
-        on dummy tokens whose result is dropped."""
-        if not self.fsdp:
-            return batches
-        rounds = math.ceil(math.ceil(count / size) / self.run.world)
-        return batches + [None] * (rounds - len(batches))
 
     def _dummy_batch(self, size):
         return torch.zeros((size, self.cfg.block_size), dtype=torch.long, device=self.run.device)
@@ -626,7 +483,7 @@ class Trainer:
         batches = self._train_batches(iter_num)
         loss_sum = torch.zeros((), device=self.run.device)
         for micro, (_, x, y) in enumerate(batches):
-            self._sync_grads(micro == len(batches) - 1)
+            self.run.set_grad_sync(self.model, micro == len(batches) - 1)
             with self.run.autocast:
                 loss = self.model(x, y)[1]     # the logits are freed here, not after the next forward
             loss_sum += loss.detach()
@@ -664,10 +521,9 @@ class Trainer:
             scale = math.sqrt(cfg.hess_total_bs / cfg.total_bs) / n_micro
             if self.scaler.is_enabled():
                 scale *= self.scaler.get_scale()
-            batches = self._in_lockstep(batches, cfg.hess_total_bs, size)
+            batches = run.in_lockstep(batches, cfg.hess_total_bs, size)
             for micro, batch in enumerate(batches):
-                if self.fsdp:
-                    self._sync_grads(micro == len(batches) - 1)
+                run.set_grad_sync(self.compiled, micro == len(batches) - 1)   # FSDP: it is self.model
                 if batch is None:           # FSDP padding: join the collectives, add nothing
                     x, weight, generators = self._dummy_batch(size), 0.0, torch.Generator(run.device)
                 else:
@@ -681,10 +537,7 @@ class Trainer:
                 gnb_backward(logits, generator=generators, scale=weight)
                 del logits                          # before the next micro-batch's forward
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if self.fsdp:      # FSDP averaged the shards' gradients over ranks; the estimate is their sum
-                torch._foreach_mul_(grads, float(run.world))
-            else:
-                grads = self._all_reduce_sum(grads)
+            grads = run.summed_grads(grads)     # the estimate is the sum over ranks
             if self.scaler.is_enabled():
                 torch._foreach_div_(grads, self.scaler.get_scale())
             for p, g in zip(params, grads):
@@ -703,17 +556,9 @@ class Trainer:
                         loss = self.raw_model(x, y)[1]
                     generator.manual_seed(seed())      # the same probe u for every micro-batch and rank
                     torch._foreach_add_(total, hutchinson_estimate(loss / n_micro, params, generator=generator))
-            total = self._all_reduce_sum(total)       # DDP does not reduce second-order gradients
+            total = run.sum_over_ranks(total)       # DDP does not reduce second-order gradients
             if all(torch.isfinite(t).all() for t in total):
                 self.optimizer.update_hessian(estimates=total)
-
-    def _all_reduce_sum(self, tensors):
-        """Sum a list of tensors over ranks, through one flat buffer."""
-        if not self.run.ddp:
-            return tensors
-        flat = torch._utils._flatten_dense_tensors(tensors)
-        dist.all_reduce(flat)
-        return list(torch._utils._unflatten_dense_tensors(flat, tensors))
 
     @torch.no_grad()
     def evaluate(self):
@@ -723,18 +568,16 @@ class Trainer:
         for split, stream in (("train", EVAL_TRAIN), ("val", EVAL_VAL)):
             total, count = torch.zeros(2, device=self.run.device), self.cfg.eval_iters * self.cfg.batch_size
             batches = self.sampler.micro_batches(EVAL_SEED, stream, 0, count, split)
-            for batch in self._in_lockstep(batches, count, self.cfg.batch_size):
+            for batch in self.run.in_lockstep(batches, count, self.cfg.batch_size):
                 x, y = (self._dummy_batch(self.cfg.batch_size),) * 2 if batch is None else batch[1:]
                 with self.run.autocast:
                     loss = self.compiled(x, y)[1]       # the logits are freed here, not after the next forward
                 if batch is not None:
                     total += torch.stack([loss.float(), torch.ones((), device=self.run.device)])
-            if self.run.ddp:
-                dist.all_reduce(total)
+            total = self.run.sum_over_ranks([total])[0]
             out[split] = (total[0] / total[1]).item()
         self.model.train()
-        if self.fsdp:   # FSDP keeps the root's weights gathered after a forward without backward; free them
-            self.raw_model.reshard()
+        self.run.after_eval(self.raw_model)
         return out
 
     def icl_metrics(self):
@@ -764,8 +607,7 @@ class Trainer:
                 return torch.zeros((), device=self.run.device)
             return torch.stack(torch._foreach_norm([local_tensor(t) for t in tensors])).square().sum()
         values = torch.stack([squared_norm(params), squared_norm(moments).to(self.run.device)])
-        if self.fsdp:
-            dist.all_reduce(values)
+        values = self.run.sum_of_shards(values)
         return dict(zip(("param_norm", "momentum_norm"), values.sqrt().tolist()))
 
     # ---------------------------------------------------------------------------------------- output
@@ -794,7 +636,7 @@ class Trainer:
                                     config=config, dir=cfg.out_dir)
         # fingerprints that let a comparison check it used the same initial weights and data
         fingerprint = dict(data=dict(dir=os.path.abspath(self.dataset.data_dir), **self.dataset.lengths))
-        if self.resumed_from is None and (self.run.master or self.fsdp):   # only the master logs it
+        if self.resumed_from is None and (run.master or run.fsdp):   # only the master logs it
             digest = hashlib.sha256()
             for tensor in self.raw_model.state_dict().values():     # FSDP: gathered on every rank
                 digest.update(full_tensor(tensor).detach().cpu().numpy().tobytes())
@@ -811,29 +653,29 @@ class Trainer:
                                                       code=self.code, **fingerprint))
 
     def save_checkpoint(self, is_best):
-        """All ranks call this (RNG states and FSDP shards are gathered); the master writes."""
-        run = self.run
-        rng = [None] * run.world
-        if run.ddp:
-            dist.all_gather_object(rng, self._rng_state())
+        """All ranks call this (the RNG states are gathered). FSDP: every rank writes its own shards (a sharded
+        checkpoint, torch.distributed.checkpoint); DDP and 1 process: the master writes one file."""
+        run, cfg = self.run, self.cfg
+        rng = run.gather_objects(checkpoint.rng_state(run.device))
+        parts = dict(model_args=self.model_args, state=self.state, rng=rng, config=config_to_dict(cfg),
+                     code=self.code, scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+        if run.fsdp:
+            tensors, layout = checkpoint.sharded_state(self.raw_model, self.optimizer)
+            weights = [t for k, t in tensors.items() if k.startswith("model/")]
+        elif run.master:
+            model, optimizer = parallel.full_state_dicts(self.raw_model, self.optimizer)
+            weights = list(model.values())
         else:
-            rng = [self._rng_state()]
-        if not (run.master or self.fsdp):
             return
-        model, optimizer = self._full_state_dicts()     # FSDP: a collective that every rank joins
-        if not run.master:
-            return
-        if not all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point()):
+        if not run.all_finite(weights):     # FSDP: every rank checks its shards, and all agree
             run.print("not saving a checkpoint: the model has non-finite weights (the previous one is kept)")
             return
-        ckpt = dict(format=checkpoint.FORMAT, model=model, optimizer=optimizer, model_args=self.model_args,
-                    iter_num=self.state["iter_num"], state=dict(self.state), rng=rng,
-                    sampler=dict(scheme="global-batch = f(seed, stream, iteration)", seed=self.cfg.seed,
-                                 next_iteration=self.state["iter_num"]),
-                    config=config_to_dict(self.cfg), code=self.code)
-        if self.scaler.is_enabled():
-            ckpt["scaler"] = self.scaler.state_dict()
-        path = checkpoint.save(self.cfg.out_dir, ckpt, keep_last=self.cfg.keep_last, is_best=is_best)
+        if run.fsdp:
+            ckpt = checkpoint.make(model=None, optimizer=None, sharded=layout, **parts)
+            path = checkpoint.save_sharded(cfg.out_dir, ckpt, tensors, keep_last=cfg.keep_last, is_best=is_best)
+        else:
+            ckpt = checkpoint.make(model=model, optimizer=optimizer, **parts)
+            path = checkpoint.save(cfg.out_dir, ckpt, keep_last=cfg.keep_last, is_best=is_best)
         run.print(f"saved checkpoint {path}")
 
     def eval_and_checkpoint(self, iter_num, final=False):

@@ -2,6 +2,7 @@
 tiny config, and reading what a run wrote."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,37 @@ def run_script(args, *, script="train_sophiag.py", nproc=1, env=None, check=True
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_agents(args, *, script="train_sophiag.py", timeout=300):
+    """Run an entry point as a 2-node job on this machine: two torchrun agents (one process each) that meet
+    through the c10d rendezvous on 127.0.0.1, as two machines would through their head node; gloo talks over
+    the loopback interface. Returns both agents' CompletedProcess-like (returncode, stdout, stderr)."""
+    port, env = free_port(), {**ENV, "GLOO_SOCKET_IFNAME": "lo"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                               "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                               "--rdzv_id=loopback", script, *map(str, args)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    results = []
+    for proc in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    for result in results:
+        if result.returncode != 0:
+            raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return results
 
 
 def tiny(data_dir, out_dir, *extra, **kwargs):

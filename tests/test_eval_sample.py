@@ -132,6 +132,26 @@ def test_eval_given_checkpoint_file(run, tmp_path):
     assert (tmp_path / "eval_val_4_200tokens.json").exists()    # the report goes beside the checkpoint
 
 
+def test_eval_and_sample_read_a_sharded_checkpoint(run, tmp_path):
+    """The run's checkpoint rewritten in the sharded (DCP) format, as an FSDP run saves it: eval.py and sample.py
+    give what they give on the file."""
+    _, out_dir = run
+    ckpt = checkpoint.load(str(out_dir / "ckpt.pt"))
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)      # an optimizer whose state is empty
+    tensors, layout = checkpoint.sharded_state(model, optimizer)
+    parts = {k: v for k, v in ckpt.items() if k in ("model_args", "state", "rng", "config", "code")}
+    sharded = checkpoint.make(model=None, optimizer=None, sharded=layout, **parts)
+    path = checkpoint.save_sharded(str(tmp_path), sharded, tensors, keep_last=1, is_best=False)
+    assert path.endswith("ckpt_0000004.dcp") and os.path.isdir(path)
+    for argv in ([f"--out_dir={tmp_path}"], [f"--ckpt={path}"]):
+        assert eval_script.main([*argv, "--device=cpu", "--max_tokens=300"])["loss"] == \
+            eval_script.main([f"--out_dir={out_dir}", "--device=cpu", "--max_tokens=300"])["loss"]
+    args = ["--device=cpu", "--max_new_tokens=20", "--seed=1"]
+    assert sample_script.main([f"--out_dir={tmp_path}", *args]) == sample_script.main([f"--out_dir={out_dir}", *args])
+
+
 def test_gpt2_byte_lengths_count_utf8_bytes():
     tokenizer = get_tokenizer("gpt2")
     lengths = eval_script.token_byte_lengths(tokenizer)
