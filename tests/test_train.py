@@ -127,7 +127,8 @@ WRAPPED = {"sophiag": [], "adamw": ["--optimizer_name=adamw", "--weight_decay=0.
                                     "--learning_rate=1e-3"],
            "lion": ["--optimizer_name=lion", "--weight_decay=0.1", "--beta1=0.9", "--beta2=0.95",
                     "--learning_rate=1e-3"],
-           "muon": ["--optimizer_name=muon", "--learning_rate=1e-3"]}
+           "muon": ["--optimizer_name=muon", "--learning_rate=1e-3"],
+           "sophiag_bias_corrected": ["--hessian_bias_correction=True"]}     # its refresh count through DCP too
 
 
 def set_world_of_one(monkeypatch, on, env):
@@ -139,7 +140,7 @@ def set_world_of_one(monkeypatch, on, env):
 
 
 @pytest.mark.parametrize("wrap,optimizer", [("ddp", "sophiag"), ("fsdp", "sophiag"), ("fsdp", "adamw"),
-                                            ("fsdp", "lion"), ("ddp", "muon")])
+                                            ("fsdp", "lion"), ("ddp", "muon"), ("fsdp", "sophiag_bias_corrected")])
 def test_wrapped_on_one_process_takes_the_plain_steps(data_dir, tmp_path, monkeypatch, single_rank, one_thread,
                                                       wrap, optimizer):
     """The fast sibling of the 2-process tests below: a run that resumes 1 process -> DDP or FSDP2 (over a world
@@ -174,15 +175,21 @@ def test_wrapped_on_one_process_takes_the_plain_steps(data_dir, tmp_path, monkey
         [False, wrap == "fsdp", False]
     assert [r["world_size"] for r in runs] == [1] * len(layouts)
     assert [r["config"]["fsdp"] for r in runs] == layouts
+    sophia = optimizer.startswith("sophiag")
     if wrap == "ddp":      # all-reduce over one rank, division by 1: nothing rounds differently
         assert_same(a, b, range(12))
-    elif optimizer == "sophiag":
+    elif sophia:
         assert_close_to_one_process(a, b, range(12), sophia_coordinates(wrapped_ckpt), loss_rtol=1e-5)
     else:
         assert max_rel_diff(a, b, range(12)) <= 1e-5
-    assert_same_layout(wrapped_ckpt, checkpoint.load(str(tmp_path / "plain" / "ckpt_0000010.pt")))
-    if optimizer == "sophiag":
+    plain_ckpt = checkpoint.load(str(tmp_path / "plain" / "ckpt_0000010.pt"))
+    assert_same_layout(wrapped_ckpt, plain_ckpt)
+    if sophia:
         assert recounted_win_rate(wrapped_ckpt) == b[9]["train/win_rate"] > 0
+    if optimizer == "sophiag_bias_corrected":   # each parameter's refresh count, saved and resumed with its shards
+        counts = {float(s["hessian_step"]) for s in wrapped_ckpt["optimizer"]["state"].values()}
+        assert counts == {float(s["hessian_step"]) for s in plain_ckpt["optimizer"]["state"].values()} and \
+            len(counts) == 1 and counts.pop() > 0
 
 
 @pytest.mark.parametrize("case", ["checkpointing", "hsdp", "bf16"])
