@@ -141,13 +141,18 @@ def to_hf_model(model, eot_token):
     from transformers import GPT2LMHeadModel, PhiForCausalLM
     model_class = PhiForCausalLM if architecture(model.config) == "phi" else GPT2LMHeadModel
     hf_model = model_class(hf_config(model.config, eot_token))
+    copy_weights(model, hf_model)
+    return hf_model.eval()
+
+
+def copy_weights(model, hf_model):
+    """Our GPT's weights into an existing transformers model of the same architecture and sizes."""
     missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
     missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith(".attn.masked_bias")]
     if missing or unexpected:   # a programming error (model.py and this mapping disagree), not a user error
         raise RuntimeError(f"weight mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if hf_model.config.tie_word_embeddings:
         hf_model.tie_weights()
-    return hf_model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------------

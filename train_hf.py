@@ -82,6 +82,9 @@ class HFConfig:
     n_embd: int = 768
     vocab_size: int | None = None           # None: the tokenizer's vocabulary rounded up to a multiple of 64
     scale_attn_by_inverse_layer_idx: bool = True   # as train.py and upstream Sophia's GPT-2 runs
+    init: Literal["transformers", "model_py"] = "transformers"   # initial weights: GPT2LMHeadModel's own, or
+                                            # model.py's GPT (bias=True) under the same seed: the weights train.py
+                                            # --bias=True starts from, for comparisons paired by seed
     # optimizer (None: train.py's OPTIMIZER_DEFAULTS of optimizer_name; adam_beta1/2 are Sophia's beta1/2)
     optimizer_name: Literal["sophiag", "adamw"] = "sophiag"
     learning_rate: float | None = None      # peak learning rate
@@ -320,7 +323,15 @@ def build_model(cfg, vocab_size):
                         activation_function="gelu_new", scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx,
                         bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True)
     torch.manual_seed(cfg.seed)   # the same initial weights on every process
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    if cfg.init == "model_py":    # train.py's draw: the same seed, then model.py's GPT, then its weights mapped in
+        from export_hf import copy_weights
+        from model import GPT, GPTConfig
+        torch.manual_seed(cfg.seed)
+        copy_weights(GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                                   vocab_size=vocab_size, dropout=0.0, bias=True,
+                                   scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx)), model)
+    return model
 
 
 def param_groups(model, weight_decay):

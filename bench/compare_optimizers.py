@@ -265,15 +265,20 @@ def sweep_figure(sweep, path):
         for rho, points in sorted(by_rho.items(), key=lambda item: item[0] or 0):
             points.sort()
             ax.plot(*zip(*points), marker="o", label=name + ("" if rho is None else f" rho={rho:g}"))
-    ax.set_xscale("log")
+    log_axes(ax, "peak learning rate", "final val loss (seed 0)")
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final val loss (seed 0)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def log_axes(ax, xlabel, ylabel):
+    """A log x axis, labels, a light grid and a small legend: the harness's figures' common style."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def study(args, out):
@@ -504,11 +509,7 @@ def scale_figure(rows, path):
             x, y, err = zip(*points)
             ax.errorbar(x, y, yerr=[0.0 if e is None else e for e in err], marker="o", capsize=3, label=name)
         ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel(f"AdamW's {label} / optimizer's {label}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        log_axes(ax, "parameters", f"AdamW's {label} / optimizer's {label}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

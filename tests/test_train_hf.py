@@ -130,6 +130,25 @@ def test_schedule_is_warmup_then_cosine_to_a_twentieth(recorded_run):
     assert trainer.args.max_grad_norm == 1.0
 
 
+def test_model_py_init_starts_from_train_py_weights(one_thread):
+    """init=model_py: the GPT2LMHeadModel starts from exactly the weights train.py draws for the same seed
+    (torch.manual_seed(seed), then model.py's GPT with biases), so both paths can be paired by seed; the default
+    keeps transformers' own draw."""
+    from export_hf import hf_state_dict
+    from model import GPT, GPTConfig
+    cfg, _ = train_hf.load_config(train_hf.HFConfig, [*TINY, "--init=model_py", "--seed=7"])
+    train_hf.resolve(cfg)
+    hf = train_hf.build_model(cfg, 320)
+    torch.manual_seed(7)          # as train.py's Trainer before building its model
+    ours = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=320, bias=True, dropout=0.0,
+                         scale_attn_by_inverse_layer_idx=True))
+    expected, got = hf_state_dict(ours), hf.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr() and hf.training
+    cfg.init = "transformers"
+    assert not torch.equal(train_hf.build_model(cfg, 320).transformer.wte.weight, got["transformer.wte.weight"])
+
+
 def test_weight_decay_groups_follow_the_repo_rule(recorded_run):
     trainer, _, _ = recorded_run
     names = {id(p): n for n, p in trainer.model.named_parameters()}
