@@ -1,5 +1,5 @@
 """bench/memory_plan.py's arithmetic (no measurement: `python bench/memory_plan.py --validate` measures, ~90 s):
-the issue's figure for the Hessian pass's logits, sharding, checkpointing, and micro-batches that make 480."""
+the 2.5 GB of fp32 Hessian-pass logits at 12 x 1024 x 50304, sharding, checkpointing, and micro-batches that make 480."""
 import importlib.util
 import os
 
