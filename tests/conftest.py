@@ -1,12 +1,11 @@
 """Fixtures shared by several test files."""
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import ENV, ROOT
+from helpers import ENV, ROOT, free_port
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +31,6 @@ def one_thread():
 def single_rank(monkeypatch):
     """The environment torchrun gives a world of one process: train.py then sets up a gloo process group and
     wraps the model in DDP or FSDP2, in this process, as on N processes."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)

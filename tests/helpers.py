@@ -16,10 +16,12 @@ TINY = "config/train_tiny_sophiag.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_script(args, *, script="train_sophiag.py", nproc=1, env=None, check=True, timeout=300):
-    """Run an entry point in a new process (under torchrun when nproc > 1), as a user would."""
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                     f"--nproc_per_node={nproc}"]
+def run_script(args, *, script="train_sophiag.py", nproc=1, env=None, check=True, timeout=300, launcher=None):
+    """Run an entry point in a new process (under torchrun when nproc > 1, or the given launcher command), as a
+    user would."""
+    if launcher is None:
+        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                         "--standalone", f"--nproc_per_node={nproc}"]
     proc = subprocess.run(launcher + [script, *map(str, args)], cwd=ROOT, env=env or ENV, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:

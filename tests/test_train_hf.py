@@ -6,8 +6,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -18,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 import train  # noqa: E402
 import train_hf  # noqa: E402
-from helpers import ENV, ROOT, assert_clean_error, run_cli_in_process, run_script  # noqa: E402
+from helpers import ROOT, assert_clean_error, free_port, run_cli_in_process, run_script  # noqa: E402
 import sophia  # noqa: E402
 from sophia import SophiaG  # noqa: E402
 
@@ -306,18 +304,11 @@ def launch_two_processes(launcher, argv):
     """The worker on 2 CPU processes (gloo) through torchrun, or through `accelerate launch --multi_gpu`: accelerate's
     name for its torchrun launcher, which on a machine without GPUs starts CPU processes (its --cpu flag starts
     one process, whatever --num_processes says)."""
-    env = {**ENV, "OMP_NUM_THREADS": "1"}
-    if launcher == "torchrun":
-        return run_script(argv, script="tests/hf_ddp_worker.py", nproc=2, env=env)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
-               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
-               "tests/hf_ddp_worker.py", *map(str, argv)]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+                  "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
+                  f"--main_process_port={free_port()}"]
+    return run_script(argv, script="tests/hf_ddp_worker.py", nproc=2,
+                      launcher=accelerate if launcher == "accelerate" else None)
 
 
 @pytest.mark.slow
