@@ -14,7 +14,7 @@ default so that GPT-2 stays exactly GPT-2 (its state dicts, init and numbers are
                    each head's q and k, GPT-NeoX "rotate-half" layout, base 10000
   tie_embeddings   False: lm_head is its own matrix, with a bias when bias=True (phi-1's head has one)
 phi-1-small is GPTConfig(n_layer=20, n_head=16, n_embd=1024, block_size=2048, rotary_dim=32, parallel_block=True,
-tie_embeddings=False, bias=True); see config/phi1_small.py.
+tie_embeddings=False, bias=True); see config/parts/phi1_small.py.
 
 The model knows nothing about DDP, optimizers or training; it only offers the pieces a training
 loop needs: forward(idx, targets) -> (logits, loss), optimizer parameter groups, parameter and

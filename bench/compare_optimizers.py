@@ -9,7 +9,7 @@ headline metric: how many steps each optimizer needs to reach tuned AdamW's fina
     python bench/compare_optimizers.py --runs out-gpt2-small-adam out-gpt2-small-sophiag --out cmp
                                                         # the same report for runs made elsewhere (e.g. GPT-2 on GPUs)
 
-Protocol (every run goes through train.py with config/compare_tiny.py; only the optimizer's own
+Protocol (every run goes through train.py with config/parts/compare_tiny.py; only the optimizer's own
 hyperparameters differ, and the script asserts it):
   1. sweep: each optimizer over its learning-rate grid (and rho for Sophia), seed 0;
   2. seeds: each optimizer's best setting (lowest final val loss) with the other seeds;
@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import plot  # noqa: E402
 
-BASE_CONFIG = "config/compare_tiny.py"
+BASE_CONFIG = "config/parts/compare_tiny.py"
 OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "rho",
                   "hess_interval", "hess_total_bs", "hessian_bias_correction", "optimizer_impl",
                   "muon_momentum", "muon_adjust_lr_fn"}

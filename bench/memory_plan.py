@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 GB = 1e9
-MODELS = {   # name: (n_layer, n_head, n_embd, block_size, vocab), as config/gpt2_*.py and config/phi1_small.py
+MODELS = {   # name: (n_layer, n_head, n_embd, block_size, vocab), as config/parts/gpt2_*.py and config/parts/phi1_small.py
     "gpt2_small": (12, 12, 768, 1024, 50304),
     "gpt2_medium": (24, 16, 1024, 1024, 50304),
     "gpt2_large": (36, 20, 1280, 1024, 50304),

@@ -8,7 +8,7 @@ held-out sequences.
     python bench/train_hf_parity.py --optimizers sophiag --sophia_lr=2.5e-4 --rho=0.01   # another Sophia-G setting
     python bench/train_hf_parity.py --optimizers sophiag --hf_init=model_py   # train_hf.py from train.py's weights
 
-Both paths: config/tiny.py's GPT (4 layers, width 128, context 64) with biases (GPT2LMHeadModel always has them,
+Both paths: config/parts/tiny.py's GPT (4 layers, width 128, context 64) with biases (GPT2LMHeadModel always has them,
 so train.py runs with --bias=True), the first 3 MB of the stdlib corpus, 100 steps of 16 sequences, warmup 10,
 cosine to 0.05 x peak, clip 1.0, the tiny configs' lr (2e-3) and train.py's OPTIMIZER_DEFAULTS, Sophia-G's Hessian
 pass on 4 sequences every 10 steps. What differs is everything each path does its own way: the initial weights

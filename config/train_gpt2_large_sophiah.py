@@ -1,6 +1,6 @@
 # GPT-2 774M on OpenWebText with Sophia-H: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_large_sophiah.py
-include("gpt2_large.py")   # model, data, batch, schedule
+include("parts/gpt2_large.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-large-sophiah"
 wandb_run_name = "gpt2-large-sophiah"

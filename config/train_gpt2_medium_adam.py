@@ -1,6 +1,6 @@
 # GPT-2 355M on OpenWebText with AdamW: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train_adam.py config/train_gpt2_medium_adam.py
-include("gpt2_medium.py")   # model, data, batch, schedule
+include("parts/gpt2_medium.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-medium-adam"
 wandb_run_name = "gpt2-medium-adam"

@@ -1,6 +1,6 @@
 # GPT-2 355M on OpenWebText with Muon on the blocks' weight matrices and AdamW on the rest (muon.py).
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_medium_muon.py      (DDP; FSDP is refused)
-include("gpt2_medium.py")   # model, data, batch, schedule
+include("parts/gpt2_medium.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-medium-muon"
 wandb_run_name = "gpt2-medium-muon"

@@ -1,6 +1,6 @@
 # GPT-2 355M on OpenWebText with Sophia-G: the paper / upstream hyperparameters.
 #   torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_medium_sophiag.py
-include("gpt2_medium.py")   # model, data, batch, schedule
+include("parts/gpt2_medium.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-medium-sophiag"
 wandb_run_name = "gpt2-medium-sophiag"

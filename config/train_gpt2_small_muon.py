@@ -1,6 +1,6 @@
 # GPT-2 124M on OpenWebText with Muon on the blocks' weight matrices and AdamW on the rest (muon.py).
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_small_muon.py      (DDP; FSDP is refused)
-include("gpt2_small.py")   # model, data, batch, schedule
+include("parts/gpt2_small.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-small-muon"
 wandb_run_name = "gpt2-small-muon"

@@ -1,6 +1,6 @@
 # GPT-2 1.5B on OpenWebText with Muon on the blocks' weight matrices and AdamW on the rest (muon.py).
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_xl_muon.py      (DDP: 80 GB GPUs; FSDP is refused)
-include("gpt2_xl.py")   # model, data, batch, schedule
+include("parts/gpt2_xl.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-xl-muon"
 wandb_run_name = "gpt2-xl-muon"

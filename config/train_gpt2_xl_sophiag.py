@@ -1,6 +1,6 @@
 # GPT-2 1.5B on OpenWebText with Sophia-G.
 #   torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_xl_sophiag.py --fsdp=True
-include("gpt2_xl.py")   # model, data, batch, schedule
+include("parts/gpt2_xl.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-xl-sophiag"
 wandb_run_name = "gpt2-xl-sophiag"

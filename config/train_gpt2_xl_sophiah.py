@@ -1,6 +1,6 @@
 # GPT-2 1.5B on OpenWebText with Sophia-H (DDP only: its double backward does not run under FSDP).
 #   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_xl_sophiah.py
-include("gpt2_xl.py")   # model, data, batch, schedule
+include("parts/gpt2_xl.py")   # model, data, batch, schedule
 
 out_dir = "out-gpt2-xl-sophiah"
 wandb_run_name = "gpt2-xl-sophiah"

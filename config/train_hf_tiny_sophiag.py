@@ -1,4 +1,4 @@
-# train_hf.py's tiny run: the GPT of config/tiny.py (4 layers, width 128, context 64) as a transformers
+# train_hf.py's tiny run: the GPT of config/parts/tiny.py (4 layers, width 128, context 64) as a transformers
 # GPT2LMHeadModel with Sophia-G, on the embedded stdlib corpus, byte-level: offline, seconds on a laptop CPU.
 # 100 steps = 10 Hessian refreshes; the same model, data, batch and schedule as config/train_tiny_sophiag.py.
 #   python train_hf.py config/train_hf_tiny_sophiag.py --max_steps=30 --logging_steps=1 --output_dir=out-hf-tiny

@@ -1,6 +1,6 @@
 # phi-1-small (350M) on OpenWebText with Sophia-G.
 #   torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_phi1_small_sophiag.py
-include("phi1_small.py")   # model, data, batch, schedule
+include("parts/phi1_small.py")   # model, data, batch, schedule
 
 out_dir = "out-phi1-small-sophiag"
 wandb_run_name = "phi1-small-sophiag"

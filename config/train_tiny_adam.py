@@ -1,7 +1,7 @@
 # The tiny GPT with AdamW, the baseline of train_tiny_sophiag.py.
 #   python train_adam.py config/train_tiny_adam.py
 #   torchrun --standalone --nproc_per_node=2 train_adam.py config/train_tiny_adam.py
-include("tiny.py")   # model, data, schedule
+include("parts/tiny.py")   # model, data, schedule
 
 out_dir = "out-tiny-adam"
 wandb_run_name = "tiny-adam"

@@ -2,7 +2,7 @@
 # train_tiny_adam.py, whose lr and weight decay carry over through Muon's match_rms_adamw lr scaling.
 #   python train.py config/train_tiny_muon.py
 #   torchrun --standalone --nproc_per_node=2 train.py config/train_tiny_muon.py      (DDP; FSDP is refused)
-include("tiny.py")   # model, data, schedule
+include("parts/tiny.py")   # model, data, schedule
 
 out_dir = "out-tiny-muon"
 wandb_run_name = "tiny-muon"

@@ -1,7 +1,7 @@
 # The tiny GPT with Sophia-G; 100 iterations = 10 Hessian refreshes.
 #   python train_sophiag.py config/train_tiny_sophiag.py
 #   torchrun --standalone --nproc_per_node=2 train_sophiag.py config/train_tiny_sophiag.py
-include("tiny.py")   # model, data, schedule
+include("parts/tiny.py")   # model, data, schedule
 
 out_dir = "out-tiny-sophiag"
 wandb_run_name = "tiny-sophiag"

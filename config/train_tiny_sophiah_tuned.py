@@ -1,8 +1,8 @@
-# The tiny GPT with Sophia-H at the comparison harness's tuned setting: config/compare_tiny.py (400 steps of 16
+# The tiny GPT with Sophia-H at the comparison harness's tuned setting: config/parts/compare_tiny.py (400 steps of 16
 # sequences, one micro-batch, 40 warmup steps) and the best lr and rho of its sweep (assets/compare/results.md,
 # python bench/compare_optimizers.py --out assets/compare). Other settings: train.py's OPTIMIZER_DEFAULTS["sophiah"].
 #   python train.py config/train_tiny_sophiah_tuned.py
-include("compare_tiny.py")
+include("parts/compare_tiny.py")
 
 out_dir = "out-tiny-sophiah-tuned"
 wandb_run_name = "tiny-sophiah-tuned"

@@ -66,9 +66,9 @@ def test_fairness_check_catches_any_shared_difference():
 
 
 def write_finished_run(out_dir, optimizer, lr, seed, time_scale, train_seconds, stall_seconds=0.0):
-    """The metrics.jsonl a config/compare_tiny.py run writes, with a val loss of 2 + 3·exp(-t / time_scale), a
+    """The metrics.jsonl a config/parts/compare_tiny.py run writes, with a val loss of 2 + 3·exp(-t / time_scale), a
     steady pace of train_seconds per run, and a stall of stall_seconds in its middle iteration."""
-    cfg, _ = load_config(train.TrainConfig, ["config/compare_tiny.py", f"--optimizer_name={optimizer}",
+    cfg, _ = load_config(train.TrainConfig, ["config/parts/compare_tiny.py", f"--optimizer_name={optimizer}",
                                              f"--learning_rate={lr}", f"--seed={seed}", f"--out_dir={out_dir}"])
     train.resolve(cfg, world_size=1)
     loss = lambda t: 2 + 3 * math.exp(-t / time_scale)  # noqa: E731
@@ -235,7 +235,7 @@ def test_scale_study_reports_steps_and_flops_ratios_per_size(tmp_path, data_dir,
 
 
 def test_tuned_tiny_configs_are_the_harness_setting_and_its_best():
-    """config/train_tiny_*_tuned.py: config/compare_tiny.py with the best lr (and rho) of the committed sweep."""
+    """config/train_tiny_*_tuned.py: config/parts/compare_tiny.py with the best lr (and rho) of the committed sweep."""
     best = json.loads((ROOT / "assets" / "compare" / "results.json").read_text())["rows"]
     harness, _ = load_config(train.TrainConfig, [co.BASE_CONFIG])
     for name, file in [("adamw", "adam"), ("sophiag", "sophiag"), ("sophiah", "sophiah"), ("lion", "lion")]:

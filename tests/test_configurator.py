@@ -494,7 +494,7 @@ def test_include_of_a_missing_file_or_a_cycle_is_a_clean_error(tmp_path):
 
 
 def test_repo_configs_use_include_not_exec():
-    for path in (REPO / "config").glob("*.py"):
+    for path in (REPO / "config").rglob("*.py"):
         text = path.read_text()
         assert "exec(" not in text and "import os" not in text, path
 

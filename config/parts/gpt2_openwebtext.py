@@ -1,5 +1,5 @@
 # Everything shared by every GPT-2 run, at every size and with every optimizer: data, batch, schedule and
-# logging (the paper's and upstream's settings). config/gpt2_{small,medium,large}.py include it and add the
+# logging (the paper's and upstream's settings). config/parts/gpt2_{small,medium,large}.py include it and add the
 # model; the train_gpt2_*.py configs add the optimizer, so runs differ only where they must.
 
 block_size = 1024
