@@ -61,33 +61,36 @@ def numbered(out_dir, iter_num):
     return os.path.join(out_dir, f"ckpt_{iter_num:07d}.pt")
 
 
-def atomic_save(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
+def _atomically(dst, write):
+    """write(tmp) makes dst's new content under a temporary name, which then replaces dst in one rename; the
+    directory is fsynced so that the rename itself is durable. A failure leaves dst as it was and no temporary."""
+    tmp = f"{dst}.tmp{os.getpid()}"
     try:
+        write(tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(dst))
+
+
+def atomic_save(obj, path):
+    def write(tmp):
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
+    _atomically(path, write)
 
 
 def _atomic_link(src, dst):
     """dst becomes the same file as src (a hard link; a copy where links are unsupported), atomically."""
-    tmp = f"{dst}.tmp{os.getpid()}"
-    try:
+    def write(tmp):
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(dst))
+    _atomically(dst, write)
 
 
 def _fsync_dir(directory):
@@ -313,14 +316,7 @@ def save_sharded(out_dir, ckpt, tensors, *, keep_last, is_best):
 
 def _atomic_symlink(target, dst):
     """dst becomes a relative symbolic link to target (in the same directory), atomically."""
-    tmp = f"{dst}.tmp{os.getpid()}"
-    try:
-        os.symlink(os.path.basename(target), tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(dst))
+    _atomically(dst, lambda tmp: os.symlink(os.path.basename(target), tmp))
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -441,23 +437,7 @@ def load_sharded_into(path, model, optimizer):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# what a checkpoint holds: its keys, the RNG states, and the checks a resume makes
-
-# Keys a resumed run may change: how it runs and is observed, not what it computes (the batches are a function
-# of the seed and the iteration, whatever the micro-batch and process layout). Any other key changes the
-# experiment and is refused on resume, unless resume_override names it; the model's shape and the optimizer
-# never change.
-RESUMABLE_KEYS = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
-                  "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit", "eval_tasks_data",
-                  "wandb_log", "wandb_project", "wandb_run_name",
-                  "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl",
-                  "hess_batch_size", "nonfinite", "device", "dtype", "compile", "threads", "backend", "fsdp",
-                  "fsdp_shard_size", "fsdp_mixed_precision", "activation_checkpointing"}
-NEVER_OVERRIDDEN = {"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
-                    "parallel_block", "rotary_dim", "tie_embeddings"}
-DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}  # when None
-
-
+# what a checkpoint holds: its parts and the RNG states (resume.py checks a checkpoint against a run)
 
 def make(*, model, optimizer, model_args, state, rng, config, code, scaler=None, sharded=None):
     """A training checkpoint as a dict of its parts: the model's and the optimizer's state dicts (full
@@ -497,47 +477,6 @@ def set_rng_state(saved, rank, device):
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"]))
     return True
-
-
-def check_resumable(ckpt, path, model_args, optimizer_name):
-    """Refuse to resume a checkpoint of another model shape or optimizer (UserError naming the difference)."""
-    # a key a checkpoint lacks (written before that switch existed) had GPTConfig's default, GPT-2's
-    saved_args = {**{k: f.default for k, f in GPTConfig.__dataclass_fields__.items()}, **ckpt["model_args"]}
-    differ = [f"{k}={saved_args.get(k)!r} in the checkpoint but {v!r} now" for k, v in model_args.items()
-              if saved_args.get(k) != v]
-    if differ:
-        raise UserError(f"cannot resume from {path}: the model differs ({'; '.join(differ)}); use the "
-                        f"checkpoint's settings, or a new --out_dir to start another run")
-    if ckpt["config"]["optimizer_name"] != optimizer_name:
-        raise UserError(f"cannot resume from {path}: it was trained with optimizer_name="
-                        f"{ckpt['config']['optimizer_name']!r}, not {optimizer_name!r}")
-
-
-def check_resumed_config(saved, now, path, resume_override, derived):
-    """Refuse a resume that changes the experiment (any key outside RESUMABLE_KEYS, compared after the None
-    defaults are filled), unless resume_override names those keys. `derived`: the keys this run left at None.
-    Returns {key: [saved, now]} allowed."""
-    allowed = {k.strip() for k in (resume_override or "").split(",") if k.strip()}
-    unknown = sorted(k for k in allowed if k not in now or k in RESUMABLE_KEYS | NEVER_OVERRIDDEN)
-    if unknown:
-        raise UserError(f"--resume_override={resume_override}: {', '.join(unknown)} cannot be named "
-                        f"there (only keys that change the experiment, and not the model's shape or the "
-                        f"optimizer); the others may change on resume anyway")
-    changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RESUMABLE_KEYS and saved[k] != v}
-    # a key left at None follows its source (min_lr = 0.05 x learning_rate): allowing the source allows it
-    source = {k: DERIVED_FROM.get(k, k) if k in derived else k for k in changed}
-    refused = {k: v for k, v in changed.items() if source[k] not in allowed}
-    if refused:
-        listed = ", ".join(f"{k}={old!r} in the checkpoint, {new!r} now" + (
-            f" (it follows {source[k]})" if source[k] != k else "") for k, (old, new) in refused.items())
-        hint = " (lr_decay_iters follows max_iters when unset: pass the checkpoint's value)" \
-            if "lr_decay_iters" in refused else ""
-        names = ",".join(dict.fromkeys(source[k] for k in refused if source[k] not in RESUMABLE_KEYS))
-        raise UserError(f"cannot resume from {path}: it would change the experiment: {listed}{hint}; resume "
-                        f"with the checkpoint's values" + (f", allow the change with --resume_override={names}"
-                                                           if names else "") +
-                        ", or start a new run in another --out_dir")
-    return changed
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -408,6 +408,12 @@ def report_error(message):
     print(line, file=sys.stderr, flush=True)
 
 
+def exit_quietly_on_ctrl_c():
+    """An entry point's start-up guard, called before it imports torch: a Ctrl-C while the imports load exits
+    with status 130 and no traceback (run_cli puts the usual handler back when it takes over)."""
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
+
 def run_cli(main_fn, *args, **kwargs):
     """Call main_fn(*args, **kwargs). A UserError prints 'error: <message>' to stderr (once under torchrun) and
     exits with status 2; Ctrl-C exits with status 130; both without a traceback. Anything else propagates."""

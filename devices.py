@@ -94,3 +94,53 @@ def for_inference(device_name, dtype_name):
     configure(device)
     dtype = resolve_dtype(dtype_name, device)
     return device, dtype, autocast(device, dtype)
+
+
+# bf16 dense (no sparsity) tensor-core peak FLOP/s per GPU, from NVIDIA's datasheets (their headline
+# figures are often "with sparsity", i.e. twice these). A row matches when all its words appear as
+# whole words in torch.cuda.get_device_name() (so "A100" never matches "A10G", nor "L4" "L40S");
+# the first match wins, so variants come before their generic name.
+PEAK_BF16_FLOPS = [
+    (("H100", "NVL"), 835e12),  # H100 NVL datasheet: 1,671 TFLOPS with sparsity
+    (("H800", "PCIE"), 756e12),  # H800 PCIe datasheet: 1,513 TFLOPS with sparsity
+    (("H800",), 989e12),  # H800 SXM datasheet: 1,979 TFLOPS with sparsity
+    (("H20",), 148e12),  # H20 datasheet: 148 TFLOPS dense (296 with sparsity)
+    (("H100", "PCIE"), 756e12),  # H100 PCIe datasheet: 1,513 TFLOPS with sparsity
+    (("H100",), 989e12),  # H100 SXM ("NVIDIA H100 80GB HBM3") datasheet: 1,979 TFLOPS with sparsity
+    (("H200", "NVL"), 835e12),  # H200 NVL datasheet: 1,671 TFLOPS with sparsity
+    (("H200",), 989e12),  # H200 SXM datasheet: 1,979 TFLOPS with sparsity
+    (("GH200",), 989e12),  # GH200 datasheet: 1,979 TFLOPS with sparsity
+    (("GB200",), 2.5e15),  # GB200 NVL72 datasheet: 360 PFLOPS with sparsity over 72 GPUs, i.e. 5 per GPU
+    (("B200",), 2.25e15),  # HGX B200 datasheet: 4.5 PFLOPS with sparsity per GPU
+    (("A100",), 312e12),  # A100 datasheet (SXM and PCIe): 312 TFLOPS
+    (("A800",), 312e12),  # A800 datasheet (SXM and PCIe): 312 TFLOPS
+    (("L40S",), 362.05e12),  # L40S datasheet: 362.05 TFLOPS dense, 733 with sparsity
+    (("L4",), 121e12),  # L4 datasheet: 242 TFLOPS with sparsity
+    (("A10",), 125e12),  # A10 datasheet: 125 TFLOPS, 250 with sparsity. Not AWS's A10G: NVIDIA publishes no
+                         # datasheet for it, and its MFU stays n/a rather than guessed
+    (("RTX", "4090"), 165.2e12),  # Ada whitepaper: 165.2 TFLOPS with FP32 accumulate (what autocast does)
+    (("A6000",), 154.8e12),  # RTX A6000 datasheet: 309.7 TFLOPS tensor with sparsity
+    (("A5000",), 111.1e12),  # RTX A5000 datasheet: 222.2 TFLOPS tensor with sparsity
+    (("V100", "PCIE"), 112e12),  # V100 has no bf16: FP16 tensor-core peak, V100 PCIe datasheet
+    (("V100",), 125e12),  # V100 SXM2 datasheet, FP16 tensor core
+    (("T4",), 65e12),  # T4 has no bf16: FP16 tensor-core peak (mixed precision), T4 datasheet
+]
+
+
+def gpu_peak_flops(device_name):
+    """Peak bf16 dense FLOP/s for a GPU name as reported by torch.cuda.get_device_name(), or None
+    when the GPU is not in PEAK_BF16_FLOPS (better no MFU than a wrong one)."""
+    words = set(device_name.upper().replace("-", " ").split())
+    for required_words, flops in PEAK_BF16_FLOPS:
+        if words.issuperset(required_words):
+            return flops
+    return None
+
+
+def peak_flops(device):
+    """Peak bf16 dense FLOP/s of a torch device (torch.device or string like 'cuda:0'); None for CPU,
+    MPS and GPUs missing from PEAK_BF16_FLOPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return gpu_peak_flops(torch.cuda.get_device_name(device))

@@ -34,11 +34,11 @@ documents n, and the average of the tasks' accuracies. --json=PATH writes it as
 or a list of such objects for several checkpoints; `python plot.py --icl PATH ...` draws the paper's Figure 6.
 """
 
-import signal
 import sys
 
 if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    import configurator
+    configurator.exit_quietly_on_ctrl_c()
 
 import importlib.metadata
 import json

@@ -27,11 +27,11 @@ The weights map name for name (model.py follows GPT-2's names). Differences hand
     - dropout is 0 everywhere; GELU is GPT-2's tanh form (gelu_new); LayerNorm eps 1e-5 as torch's default.
 """
 
-import signal
 import sys
 
 if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    import configurator
+    configurator.exit_quietly_on_ctrl_c()
 
 import json
 import os

@@ -71,7 +71,7 @@ PRIMARY = {"record": "em"}
 # MULTIRC: lm-eval 0.4.x's multirc/default.yaml lists the choices as ['<answer> ... yes', '<answer> ... no'] and
 # takes doc_to_target: label, the index into that list. In HF super_glue, label 1 means the answer is True, so a
 # correct answer's target is "... no": the accuracy it reports is that of the opposite reading (a model always
-# answering "yes" on true answers scores 0). tests/test_eval_icl.py checks this on a fixture with known labels.
+# answering "yes" on true answers scores 0). tests/test_lm_eval_adapter.py checks this on a fixture with known labels.
 # We keep the prompt and both choice strings, and list them [no, yes] so that index `label` is the right one.
 MULTIRC_CHOICES = ("['''{{answer}}\\nIs the answer correct? no''', "
                    "'''{{answer}}\\nIs the answer correct? yes''']")

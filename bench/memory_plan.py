@@ -70,7 +70,7 @@ def model_shape(name):
     if MODELS.get(name) is None:
         from configurator import load_config
         from train import TrainConfig
-        cfg, _ = load_config(TrainConfig, [os.path.join(ROOT, "config", f"{name}.py")])
+        cfg, _ = load_config(TrainConfig, [os.path.join(ROOT, "config", "parts", f"{name}.py")])
         args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                     vocab_size=cfg.vocab_size or 50304, bias=cfg.bias, parallel_block=cfg.parallel_block,
                     rotary_dim=cfg.rotary_dim, tie_embeddings=cfg.tie_embeddings)

@@ -10,7 +10,7 @@ held-out sequences.
 
 Both paths: config/parts/tiny.py's GPT (4 layers, width 128, context 64) with biases (GPT2LMHeadModel always has them,
 so train.py runs with --bias=True), the first 3 MB of the stdlib corpus, 100 steps of 16 sequences, warmup 10,
-cosine to 0.05 x peak, clip 1.0, the tiny configs' lr (2e-3) and train.py's OPTIMIZER_DEFAULTS, Sophia-G's Hessian
+cosine to 0.05 x peak, clip 1.0, the tiny configs' lr (2e-3) and optimizers.py's OPTIMIZER_DEFAULTS, Sophia-G's Hessian
 pass on 4 sequences every 10 steps. What differs is everything each path does its own way: the initial weights
 (model.py's init vs transformers', unless --hf_init=model_py gives train_hf.py train.py's weights for the same
 seed), the batches (random windows vs shuffled group_texts chunks), the loss plumbing, the Hessian refresh. So the
@@ -53,7 +53,7 @@ def settings(optimizer, args):
 
 def train_py(run_dir, data_dir, optimizer, seed, args):
     return [sys.executable, "train.py", TRAIN_PY_CONFIGS[optimizer], f"--out_dir={run_dir}", f"--data_dir={data_dir}",
-            f"--seed={seed}", "--bias=True", "--threads=1", "--eval_interval=100", "--eval_iters=1",
+            f"--seed={seed}", "--bias=True", "--threads=1", "--eval_interval=100", "--eval_sequences=8",
             "--log_interval=100", "--keep_last=1", *settings(optimizer, args)]
 
 

@@ -6,6 +6,6 @@ out_dir = "out-gpt2-large-adam"
 wandb_run_name = "gpt2-large-adam"
 
 optimizer_name = "adamw"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own:
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own:
 learning_rate = 2e-4
 # min_lr: 0.05 x peak here; upstream's config used 1e-5.

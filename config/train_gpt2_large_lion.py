@@ -6,5 +6,5 @@ out_dir = "out-gpt2-large-lion"
 wandb_run_name = "gpt2-large-lion"
 
 optimizer_name = "lion"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["lion"]; this size's own:
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["lion"]; this size's own:
 learning_rate = 8e-5             # the Sophia paper's Lion baseline

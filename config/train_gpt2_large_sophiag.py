@@ -6,6 +6,6 @@ out_dir = "out-gpt2-large-sophiag"
 wandb_run_name = "gpt2-large-sophiag"
 
 optimizer_name = "sophiag"
-# betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiag"]; this size's own:
+# betas, weight decay, rho: optimizers.py's OPTIMIZER_DEFAULTS["sophiag"]; this size's own:
 learning_rate = 3e-4
 # min_lr: 0.05 x peak here; upstream's config used 1e-5.

@@ -6,7 +6,7 @@ out_dir = "out-gpt2-medium-sophiag"
 wandb_run_name = "gpt2-medium-sophiag"
 
 optimizer_name = "sophiag"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["sophiag"]; this size's own:
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["sophiag"]; this size's own:
 learning_rate = 7e-4
 rho = 0.08
 # min_lr: 0.05 x peak here; upstream's config used 1e-5.

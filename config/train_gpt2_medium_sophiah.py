@@ -6,7 +6,7 @@ out_dir = "out-gpt2-medium-sophiah"
 wandb_run_name = "gpt2-medium-sophiah"
 
 optimizer_name = "sophiah"
-# betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiah"]; this size's own:
+# betas, weight decay, rho: optimizers.py's OPTIMIZER_DEFAULTS["sophiah"]; this size's own:
 learning_rate = 7e-4
 # the Hutchinson pass's double backward needs more memory per sequence than training (math attention, a
 # create-graph cross-entropy; see train_gpt2_small_sophiah.py): smaller micro-batches, the same estimate

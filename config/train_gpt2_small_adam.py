@@ -6,5 +6,5 @@ out_dir = "out-gpt2-small-adam"
 wandb_run_name = "gpt2-small-adam"
 
 optimizer_name = "adamw"
-# learning rate, betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"] (the GPT-2 small values)
+# learning rate, betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["adamw"] (the GPT-2 small values)
 # min_lr: 0.05 x peak here; upstream's config used 3e-5.

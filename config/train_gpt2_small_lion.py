@@ -6,4 +6,4 @@ out_dir = "out-gpt2-small-lion"
 wandb_run_name = "gpt2-small-lion"
 
 optimizer_name = "lion"
-# learning rate, betas, weight decay: train.py's OPTIMIZER_DEFAULTS["lion"] (the GPT-2 small values)
+# learning rate, betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["lion"] (the GPT-2 small values)

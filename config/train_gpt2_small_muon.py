@@ -10,4 +10,4 @@ optimizer_name = "muon"
 # AdamW's RMS, so AdamW's lr and weight decay are reused as they are (Liu et al. 2025, "Muon is Scalable for LLM
 # Training", which reuses AdamW's settings this way); here those of train_gpt2_small_adam.py. Muon's momentum 0.95
 # (Nesterov) and 5 Newton-Schulz steps are K. Jordan's / torch.optim.Muon's defaults. Untuned at this size.
-# learning rate, betas, weight decay: train.py's OPTIMIZER_DEFAULTS["muon"] (= AdamW's GPT-2 small values)
+# learning rate, betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["muon"] (= AdamW's GPT-2 small values)

@@ -6,5 +6,5 @@ out_dir = "out-gpt2-small-sophiag"
 wandb_run_name = "gpt2-small-sophiag"
 
 optimizer_name = "sophiag"
-# learning rate, betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiag"] (the GPT-2 small values)
+# learning rate, betas, weight decay, rho: optimizers.py's OPTIMIZER_DEFAULTS["sophiag"] (the GPT-2 small values)
 # min_lr: 0.05 x peak here; upstream's config used 1.5e-5.

@@ -6,6 +6,6 @@ out_dir = "out-gpt2-xl-adam"
 wandb_run_name = "gpt2-xl-adam"
 
 optimizer_name = "adamw"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own, chosen here (no paper or upstream
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own, chosen here (no paper or upstream
 # value for GPT-2 1.5B): 774M's 2e-4 scaled by 0.8, the ratio of GPT-3's learning rates at 1.3B and 760M
 learning_rate = 1.6e-4

@@ -6,7 +6,7 @@ out_dir = "out-gpt2-xl-sophiah"
 wandb_run_name = "gpt2-xl-sophiah"
 
 optimizer_name = "sophiah"
-# betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiah"]; this size's own, chosen here as for
+# betas, weight decay, rho: optimizers.py's OPTIMIZER_DEFAULTS["sophiah"]; this size's own, chosen here as for
 # Sophia-G at this size (774M's 3e-4 scaled by 0.8)
 learning_rate = 2.4e-4
 # the Hutchinson pass's double backward needs more memory per sequence than training (see

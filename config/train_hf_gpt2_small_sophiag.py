@@ -14,7 +14,7 @@ n_embd = 768
 scale_attn_by_inverse_layer_idx = True
 
 optimizer_name = "sophiag"
-# learning rate, betas, weight decay, rho: train.py's OPTIMIZER_DEFAULTS["sophiag"] (6e-4, 0.965/0.99, 0.2, 0.05)
+# learning rate, betas, weight decay, rho: optimizers.py's OPTIMIZER_DEFAULTS["sophiag"] (6e-4, 0.965/0.99, 0.2, 0.05)
 hess_interval = 10
 max_grad_norm = 1.0
 

@@ -6,5 +6,5 @@ out_dir = "out-phi1-small-adam"
 wandb_run_name = "phi1-small-adam"
 
 optimizer_name = "adamw"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"]; lr as GPT-2 medium (355M), not tuned here
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["adamw"]; lr as GPT-2 medium (355M), not tuned here
 learning_rate = 3e-4

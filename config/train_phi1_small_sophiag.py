@@ -6,7 +6,7 @@ out_dir = "out-phi1-small-sophiag"
 wandb_run_name = "phi1-small-sophiag"
 
 optimizer_name = "sophiag"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["sophiag"]; lr and rho as GPT-2 medium (355M), the
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["sophiag"]; lr and rho as GPT-2 medium (355M), the
 # same size; not tuned for this architecture.
 learning_rate = 7e-4
 rho = 0.08

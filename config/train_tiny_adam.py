@@ -7,5 +7,5 @@ out_dir = "out-tiny-adam"
 wandb_run_name = "tiny-adam"
 
 optimizer_name = "adamw"
-# betas, weight decay: train.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own:
+# betas, weight decay: optimizers.py's OPTIMIZER_DEFAULTS["adamw"]; this size's own:
 learning_rate = 2e-3

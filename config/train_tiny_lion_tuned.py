@@ -1,6 +1,6 @@
 # The tiny GPT with Lion at the comparison harness's tuned setting: config/parts/compare_tiny.py (400 steps of 16
 # sequences, one micro-batch, 40 warmup steps) and the best lr of its sweep (assets/compare/results.md,
-# python bench/compare_optimizers.py --out assets/compare). Other settings: train.py's OPTIMIZER_DEFAULTS["lion"].
+# python bench/compare_optimizers.py --out assets/compare). Other settings: optimizers.py's OPTIMIZER_DEFAULTS["lion"].
 #   python train.py config/train_tiny_lion_tuned.py
 include("parts/compare_tiny.py")
 

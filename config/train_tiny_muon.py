@@ -8,6 +8,6 @@ out_dir = "out-tiny-muon"
 wandb_run_name = "tiny-muon"
 
 optimizer_name = "muon"
-# betas (AdamW's part), weight decay: train.py's OPTIMIZER_DEFAULTS["muon"] (= AdamW's); muon_momentum 0.95,
+# betas (AdamW's part), weight decay: optimizers.py's OPTIMIZER_DEFAULTS["muon"] (= AdamW's); muon_momentum 0.95,
 # muon_adjust_lr_fn "match_rms_adamw": train.py's defaults. lr: train_tiny_adam.py's, carried over
 learning_rate = 2e-3

@@ -1,6 +1,6 @@
 # The tiny GPT with Sophia-G at the comparison harness's tuned setting: config/parts/compare_tiny.py (400 steps of 16
 # sequences, one micro-batch, 40 warmup steps) and the best lr and rho of its sweep (assets/compare/results.md,
-# python bench/compare_optimizers.py --out assets/compare). Other settings: train.py's OPTIMIZER_DEFAULTS["sophiag"].
+# python bench/compare_optimizers.py --out assets/compare). Other settings: optimizers.py's OPTIMIZER_DEFAULTS["sophiag"].
 #   python train_sophiag.py config/train_tiny_sophiag_tuned.py
 include("parts/compare_tiny.py")
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ENV, ROOT, free_port
+from helpers import ENV, ROOT, free_port, tiny
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +34,19 @@ def single_rank(monkeypatch):
     for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def straight_run(data_dir, tmp_path_factory):
+    """The tiny Sophia-G config as shipped: 100 iterations, 10 Hessian refreshes, one process."""
+    out = tmp_path_factory.mktemp("straight")
+    proc = tiny(data_dir, out)
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def run_of_8(data_dir, tmp_path_factory):
+    """An 8-iteration tiny run with a checkpoint at 4 and 8, to resume from (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("run8")
+    tiny(data_dir, out, "--max_iters=8", "--eval_interval=4", "--eval_sequences=16", "--keep_last=3")
+    return out

@@ -2,12 +2,17 @@
 tiny config, and reading what a run wrote."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import optimizers
+import train
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "config/train_tiny_sophiag.py"
@@ -125,3 +130,26 @@ def bad_file(directory, name, content):
     path = directory / name
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return path
+
+
+def sophia_coordinates(ckpt):
+    return sum(s["exp_avg"].numel() for s in ckpt["optimizer"]["state"].values())
+
+
+def recounted_win_rate(ckpt):
+    """stats()['win_rate'] recomputed in this process from a checkpoint's full (gathered) optimizer state."""
+    cfg = train.TrainConfig(**ckpt["config"])
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    optimizer = optimizers.build_optimizer(cfg, model)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return optimizer.stats(bs=cfg.total_bs * cfg.block_size)["win_rate"].item()
+
+
+def copy_run(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "run", copy_function=shutil.copy2)
+
+
+def train_cli(capsys, *argv):
+    """train_sophiag.py's __main__ in this process: run_cli(train.main, defaults=optimizer_name='sophiag')."""
+    return run_cli_in_process(train.main, [TINY, *map(str, argv)], capsys, defaults=dict(optimizer_name="sophiag"))

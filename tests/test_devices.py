@@ -67,3 +67,21 @@ def test_configure_flushes_subnormals():
     if torch.set_flush_denormal(True):      # False where the CPU cannot (then nothing to check)
         assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
     assert devices.checked_device("cpu") == torch.device("cpu")
+
+
+def test_gpu_peak_flops_table():
+    assert devices.peak_flops("cpu") is None
+    assert devices.peak_flops(torch.device("cpu")) is None
+    assert devices.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert devices.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert devices.gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert devices.gpu_peak_flops("NVIDIA H100 NVL") == 835e12
+    assert devices.gpu_peak_flops("NVIDIA L4") == 121e12
+    # each name its own row, not a look-alike's: L40S is not L4, GB200 not B200, A800 not A100, H800 PCIe not SXM
+    for name, flops in [("NVIDIA L40S", 362.05e12), ("NVIDIA GB200", 2.5e15), ("NVIDIA B200", 2.25e15),
+                        ("NVIDIA A800-SXM4-80GB", 312e12), ("NVIDIA H800", 989e12), ("NVIDIA H800 PCIe", 756e12),
+                        ("NVIDIA H20", 148e12), ("Tesla T4", 65e12), ("NVIDIA A10", 125e12)]:
+        assert devices.gpu_peak_flops(name) == flops, name
+    # no guessing: names without a datasheet row stay unknown (A10G is not the A10)
+    for unknown in ("NVIDIA A10G", "NVIDIA H2", "Some Future GPU"):
+        assert devices.gpu_peak_flops(unknown) is None, unknown

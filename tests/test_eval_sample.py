@@ -35,7 +35,7 @@ def run(tmp_path_factory):
     subprocess.run([sys.executable, "data/stdlib/prepare.py", f"--out_dir={data_dir}", "--max_bytes=300000"],
                    cwd=ROOT, env=ENV, check=True, capture_output=True)
     subprocess.run([sys.executable, "train_sophiag.py", "config/train_tiny_sophiag.py", f"--data_dir={data_dir}",
-                    f"--out_dir={out_dir}", "--max_iters=4", "--eval_interval=4", "--eval_iters=2"],
+                    f"--out_dir={out_dir}", "--max_iters=4", "--eval_interval=4", "--eval_sequences=16"],
                    cwd=ROOT, env=ENV, check=True, capture_output=True)
     return data_dir, out_dir
 

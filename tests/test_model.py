@@ -1,10 +1,12 @@
+"""The model: shapes, GPT-2 parameter counts and FLOPs, init, attention paths, generation, dropout, cropping."""
 import math
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPT_SIZES, GPTConfig, gpu_peak_flops, peak_flops
+import devices
+from model import GPT, GPT_SIZES, GPTConfig
 
 
 def tiny_config(**overrides):
@@ -266,29 +268,9 @@ def test_gpt2_small_flops_per_token():
     assert model.flops_per_token() == 854_770_176
 
 
-def test_peak_flops_and_mfu():
-    assert peak_flops("cpu") is None
-    assert peak_flops(torch.device("cpu")) is None
-    assert tiny_model().estimate_mfu(1e6, "cpu") is None
-    assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert gpu_peak_flops("NVIDIA H100 NVL") == 835e12
-    assert gpu_peak_flops("NVIDIA L4") == 121e12
-    # each name its own row, not a look-alike's: L40S is not L4, GB200 not B200, A800 not A100, H800 PCIe not SXM
-    for name, flops in [("NVIDIA L40S", 362.05e12), ("NVIDIA GB200", 2.5e15), ("NVIDIA B200", 2.25e15),
-                        ("NVIDIA A800-SXM4-80GB", 312e12), ("NVIDIA H800", 989e12), ("NVIDIA H800 PCIe", 756e12),
-                        ("NVIDIA H20", 148e12), ("Tesla T4", 65e12), ("NVIDIA A10", 125e12)]:
-        assert gpu_peak_flops(name) == flops, name
-    # no guessing: names without a datasheet row stay unknown (A10G is not the A10)
-    for unknown in ("NVIDIA A10G", "NVIDIA H2", "Some Future GPU"):
-        assert gpu_peak_flops(unknown) is None, unknown
-
-
 def test_estimate_mfu_arithmetic(monkeypatch):
-    import model as model_module
-
-    monkeypatch.setattr(model_module, "peak_flops", lambda device: 312e12)
+    assert tiny_model().estimate_mfu(1e6, "cpu") is None       # no peak known for a CPU: no MFU
+    monkeypatch.setattr(devices, "peak_flops", lambda device: 312e12)
     with torch.device("meta"):
         model = GPT(GPTConfig())
     tokens_per_second = 100_000.0

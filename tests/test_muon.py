@@ -7,6 +7,8 @@ import io
 import pytest
 import torch
 
+import metrics
+import optimizers
 import train
 from helpers import assert_same, events, run_script
 from model import GPT, GPTConfig
@@ -32,7 +34,7 @@ def set_grads(model, seed):
 
 def test_split_muon_on_block_matrices_adamw_on_the_rest():
     model = tiny_model()
-    optimizer = train.build_optimizer(muon_config(), model)
+    optimizer = optimizers.build_optimizer(muon_config(), model)
     names = {id(p): n for n, p in model.named_parameters()}
     muon = [names[id(p)] for g in optimizer.muon.param_groups for p in g["params"]]
     adamw = [names[id(p)] for g in optimizer.adamw.param_groups for p in g["params"]]
@@ -49,7 +51,7 @@ def test_split_muon_on_block_matrices_adamw_on_the_rest():
 
 def test_one_step_is_the_two_torch_optimizers_steps_and_the_schedule_reaches_both():
     model, reference = tiny_model(), tiny_model()
-    optimizer = train.build_optimizer(muon_config(learning_rate=1e-2), model)
+    optimizer = optimizers.build_optimizer(muon_config(learning_rate=1e-2), model)
     matrices = [p for b in reference.transformer.h for p in b.parameters() if p.ndim == 2]
     ids = {id(p) for p in matrices}
     muon = torch.optim.Muon(matrices, lr=1e-2, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw")
@@ -81,7 +83,7 @@ def roundtrip(obj):
 def test_state_dict_round_trip_continues_exactly():
     model = tiny_model()
     cfg = muon_config(learning_rate=1e-2)
-    optimizer = train.build_optimizer(cfg, model)
+    optimizer = optimizers.build_optimizer(cfg, model)
     for step in range(2):
         set_grads(model, step)
         optimizer.step()
@@ -90,7 +92,7 @@ def test_state_dict_round_trip_continues_exactly():
     assert sorted(saved["state"]) == list(range(len(list(model.parameters()))))
     assert set(saved["state"][0]) == {"momentum_buffer"} and "exp_avg_sq" in saved["state"][8]
     clone = copy.deepcopy(model)
-    again = train.build_optimizer(cfg, clone)
+    again = optimizers.build_optimizer(cfg, clone)
     again.load_state_dict(saved)
     for step in range(2, 4):
         set_grads(model, step)
@@ -106,9 +108,9 @@ def test_state_dict_round_trip_continues_exactly():
 def test_optimizer_impl_chooses_the_adamw_parts_path_and_the_code_hash_covers_muon():
     model = tiny_model()
     for impl, expected in [("auto", "fused"), ("single", "single"), ("foreach", "foreach"), ("fused", "fused")]:
-        optimizer = train.build_optimizer(muon_config(optimizer_impl=impl), model)
+        optimizer = optimizers.build_optimizer(muon_config(optimizer_impl=impl), model)
         assert optimizer.describe_path() == f"muon: single-tensor Newton-Schulz, adamw: {expected}"
-    assert "muon.py" in train.code_info()["sha256"]       # the run's code fingerprint covers Muon's file too
+    assert "muon.py" in metrics.code_info()["sha256"]       # the run's code fingerprint covers Muon's file too
     with pytest.raises(ValueError, match="2-D"):
         MuonAdamW(model.param_groups(0.1), [model.transformer.wpe.weight, model.transformer.h[0].ln_1.weight],
                   lr=1e-3)
@@ -119,7 +121,7 @@ def test_tiny_muon_config_trains_and_resumes_exactly(data_dir, tmp_path):
     """python train.py config/train_tiny_muon.py (24 iterations): the loss falls; 12 iterations, then
     --init_from=resume to 24, logs the straight run's values bit for bit."""
     args = ["config/train_tiny_muon.py", f"--data_dir={data_dir}", "--max_iters=24", "--lr_decay_iters=100",
-            "--eval_interval=12", "--eval_iters=2", "--threads=1"]
+            "--eval_interval=12", "--eval_sequences=16", "--threads=1"]
     run_script([*args, f"--out_dir={tmp_path / 'straight'}"], script="train.py")
     run_script([*args, f"--out_dir={tmp_path / 'resumed'}", "--max_iters=12"], script="train.py")
     run_script([*args, f"--out_dir={tmp_path / 'resumed'}", "--init_from=resume"], script="train.py")

@@ -858,7 +858,8 @@ def test_fsdp2_sharded_parameters_match_unsharded():
     (to a few ulps), with uneven shards and two param groups, and stats() sums over all shards."""
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "tests/fsdp_sophia_worker.py"], cwd=root, capture_output=True, text=True, timeout=300,
+                           "tests/workers/fsdp_sophia_worker.py"], cwd=root, capture_output=True, text=True,
+                          timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all paths match the unsharded model" in proc.stdout
@@ -869,7 +870,7 @@ def test_fsdp2_parameters_on_one_process_match_unsharded(single_rank):
     parameters are still DTensors, so every DTensor branch of sophia.py runs (local shards, full_tensor, the
     all-reduces in stats()); only uneven shards need the 2-process test."""
     import torch.distributed as dist
-    import fsdp_sophia_worker
+    from workers import fsdp_sophia_worker
     dist.init_process_group("gloo")
     try:
         fsdp_sophia_worker.check(["single", "foreach"])

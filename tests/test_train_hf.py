@@ -307,7 +307,7 @@ def launch_two_processes(launcher, argv):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
                   "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
                   f"--main_process_port={free_port()}"]
-    return run_script(argv, script="tests/hf_ddp_worker.py", nproc=2,
+    return run_script(argv, script="tests/workers/hf_ddp_worker.py", nproc=2,
                       launcher=accelerate if launcher == "accelerate" else None)
 
 

@@ -13,7 +13,7 @@ lr_decay_iters = 400
 warmup_iters = 40
 
 eval_interval = 25
-eval_iters = 8                     # 8 x 16 fixed sequences (8,192 tokens) per split
+eval_sequences = 128               # fixed sequences (8,192 tokens) per split, at every batch_size
 log_interval = 5
 always_save_checkpoint = False
 keep_last = 1

@@ -19,7 +19,7 @@ min_lr = None                  # None -> 0.05 x learning_rate
 grad_clip = 1.0
 
 eval_interval = 1000
-eval_iters = 200
+eval_sequences = 2400           # per split, at every batch_size and world size (small: 200 micro-batches of 12)
 log_interval = 10
 wandb_log = True
 wandb_project = "sophia"

@@ -3,7 +3,7 @@
 # switches: attention and MLP in parallel on one LayerNorm, rotary embeddings on 32 of each head's 64 channels
 # (no learned positions), an untied output head with a bias; context 2048 (FlashAttention through SDPA on GPUs).
 # Same size as transformers' PhiForCausalLM(hidden_size=1024, intermediate_size=4096, num_hidden_layers=20,
-# num_attention_heads=16, partial_rotary_factor=0.5) with vocab 50304: 354,958,464 parameters (tests/test_phi.py).
+# num_attention_heads=16, partial_rotary_factor=0.5) with vocab 50304: 354,958,464 parameters (tests/test_model_phi.py).
 
 include("gpt2_openwebtext.py")   # data, schedule, logging
 

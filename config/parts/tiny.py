@@ -16,5 +16,5 @@ max_iters = 100
 lr_decay_iters = 100
 warmup_iters = 10
 eval_interval = 50
-eval_iters = 20
+eval_sequences = 160            # per split (20 micro-batches of 8), at every batch_size and world size
 log_interval = 1

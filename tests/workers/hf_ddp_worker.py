@@ -1,14 +1,14 @@
 """train_hf.py under torchrun: every rank dumps its weights and Hessian EMA after training, then once more after a
 Hessian refresh through the unwrapped model (the classic mistake), for tests/test_train_hf.py (slow tier).
 
-    torchrun --standalone --nproc_per_node=2 tests/hf_ddp_worker.py --out=DIR TRAIN_HF_ARGS...
+    torchrun --standalone --nproc_per_node=2 tests/workers/hf_ddp_worker.py --out=DIR TRAIN_HF_ARGS...
 """
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import train_hf  # noqa: E402
 
 

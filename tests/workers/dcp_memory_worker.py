@@ -2,7 +2,7 @@
 against gathering full tensors first (what a single-file save under FSDP needs), as a control that the
 measurement sees a full copy when there is one.
 
-    torchrun --standalone --nproc_per_node=2 tests/dcp_memory_worker.py OUT_DIR    # tests/test_train.py, slow
+    torchrun --standalone --nproc_per_node=2 tests/workers/dcp_memory_worker.py OUT_DIR    # tests/test_distributed.py, slow
 
 Memory is the resident set's high-water mark (Linux: VmHWM, reset through /proc/self/clear_refs) above its size
 when the save starts, so every allocation counts, torch's and the writer's, however brief (run it with
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import checkpoint  # noqa: E402
 import parallel  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402

@@ -200,7 +200,7 @@ def test_tiny_phi_trains_through_train_py(data_dir, tmp_path, one_thread):
     from helpers import events
     out = tmp_path / "phi"
     argv = ["config/train_phi1_tiny_sophiag.py", f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=30",
-            "--lr_decay_iters=30", "--eval_interval=30", "--eval_iters=2", "--log_interval=1"]
+            "--lr_decay_iters=30", "--eval_interval=30", "--eval_sequences=16", "--log_interval=1"]
     train.main(argv)
     rows = events(out)
     first, last = rows[0]["train/loss"], sum(rows[i]["train/loss"] for i in range(25, 30)) / 5

@@ -1,7 +1,7 @@
 """Sophia-G on an FSDP2-sharded model (DTensor parameters) must take the steps it takes on the same model
 unsharded, on every code path, and stats() must cover every shard.
 
-    torchrun --standalone --nproc_per_node=2 tests/fsdp_sophia_worker.py    # tests/test_sophia.py, slow tier
+    torchrun --standalone --nproc_per_node=2 tests/workers/fsdp_sophia_worker.py    # tests/test_sophia.py, slow tier
 
 check() raises AssertionError on the first mismatch; tests/test_sophia.py also calls it in its own process, as a
 world of one (the fast tier). The step is elementwise, so a shard's values equal the whole tensor's up to a
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sophia import SophiaG  # noqa: E402
 
 PATHS = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
