@@ -81,9 +81,9 @@ def test_hub_names_go_to_from_pretrained(exported, data_dir, tmp_path, monkeypat
     monkeypatch.undo()
 
     def unreachable(klass, name, *args, **kwargs):
-        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
-                      f"in the cached files.\nCheck your internet connection or see how to run the library in "
-                      f"offline mode.")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+                      "in the cached files.\nCheck your internet connection or see how to run the library in "
+                      "offline mode.")
     monkeypatch.setattr(transformers.GPT2Config, "from_pretrained", classmethod(unreachable))
     result = run_cli_in_process(train.main, [*tiny_argv(data_dir, tmp_path / "offline", "--init_from=hf:gpt2")],
                                 capsys, defaults=dict(optimizer_name="sophiag"))
