@@ -172,7 +172,7 @@ def load_hf_gpt2(source, weights):
         raise UserError(f"--init_from=hf:{source} needs transformers: {INSTALL}") from None
     try:
         if weights:
-            return GPT2LMHeadModel.from_pretrained(source, torch_dtype=torch.float32)
+            return GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32)
         config = GPT2Config.from_pretrained(source)
     except (OSError, ValueError) as err:   # no such directory, no network and not cached, not a GPT-2 config
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -26,6 +26,7 @@ transformers is imported on first use of a class, so `import sophia_hf` works wi
 
 import contextlib
 import hashlib
+import warnings
 
 import torch
 
@@ -145,6 +146,10 @@ def _build():
             self.rho, self.hess_interval, self.hess_batch_size = rho, hess_interval, hess_batch_size
             self.hessian_dataset = self.train_dataset if hessian_dataset is None else hessian_dataset
             self._step_tokens = 0
+            if isinstance(self.optimizer, SophiaG) and not isinstance(self.optimizer, SophiaGForTrainer):
+                warnings.warn("SophiaGTrainer: a plain SophiaG in optimizers= steps with its default bs=5120 (the "
+                              "Trainer calls step() bare); pass sophia_hf.SophiaGForTrainer to get bs = the tokens "
+                              "behind each optimizer step", stacklevel=2)
             self.add_callback(SophiaGCounters())
             self.add_callback(_HessianSchedule(self))
             self.hessian_layout()   # a bad hess_batch_size fails now, not at the first refresh

@@ -102,6 +102,24 @@ def test_hessian_rows_and_labels_are_a_function_of_seed_and_step(tmp_path):
     assert a.label_seed(10, 3) == b.label_seed(10, 3) != a.label_seed(10, 4)
 
 
+def test_bs_is_the_tokens_each_step_consumed(tmp_path, one_thread):
+    """A collator that crops the rows to 8 tokens: bs is 4 x 8 (what the steps saw), not 4 x 16 (the rows); the
+    refreshes (hess_interval=1, 8 sequences in 2 micro-batches) scale ĝ against it."""
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                                          report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    seen = []
+
+    def crop(rows):
+        ids = sophia_hf.causal_lm_collator(rows)["input_ids"][:, :8]
+        return {"input_ids": ids, "labels": ids}
+    trainer = sophia_hf.SophiaGTrainer(model=tiny_model("llama"), args=args, train_dataset=token_rows(),
+                                       data_collator=crop, hess_interval=1, hess_batch_size=8)
+    original = trainer.hessian_refresh
+    trainer.hessian_refresh = lambda model=None: (seen.append(trainer.inner_optimizer().bs), original(model))
+    trainer.train()
+    assert seen == [4 * 8, 4 * 8] and trainer.counters().hessian_refreshes == 2
+
+
 def test_resume_from_a_trainer_checkpoint_is_exact(tmp_path, one_thread):
     """20 steps saving at 10; a second run resumed from checkpoint-10 logs the same losses for steps 11..20."""
     straight = user_script(tmp_path / "a", max_steps=20, save_strategy="steps", save_steps=10)
