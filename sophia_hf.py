@@ -181,7 +181,8 @@ def _build():
         def _nominal_bs(self):
             try:
                 return self.sequences_per_step() * len(self.hessian_dataset[0]["input_ids"])
-            except Exception:   # no row 0 to look at (an iterable dataset): SophiaG's default until the first step
+            except (TypeError, KeyError, IndexError, NotImplementedError):
+                # no row 0 to look at (an iterable dataset): SophiaG's default until the first step counts
                 return 5120
 
         def training_step(self, model, inputs, *args, **kwargs):

@@ -49,8 +49,8 @@ def user_script(out_dir, kind="llama", max_steps=30, resume=None, **extra):
     args = transformers.TrainingArguments(output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=4,
                                           learning_rate=1e-3, logging_steps=1, report_to=[], use_cpu=True,
                                           disable_tqdm=True, seed=3, **{"save_strategy": "no", **extra})
-    trainer = sophia_hf.SophiaGTrainer(model=tiny_model(kind), args=args, train_dataset=token_rows(as_list=kind == "phi"),
-                                       hess_interval=10)
+    rows = token_rows(as_list=kind == "phi")        # a datasets.Dataset, or (Phi) a plain list of dicts
+    trainer = sophia_hf.SophiaGTrainer(model=tiny_model(kind), args=args, train_dataset=rows, hess_interval=10)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
