@@ -156,6 +156,86 @@ def copy_weights(model, hf_model):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the other way: a Hugging Face GPT-2 into our GPT (train.py --init_from=hf:<Hub name or directory>)
+
+def hf_source(init_from):
+    """The Hub name or directory of init_from="hf:...", or None for scratch/resume."""
+    return init_from[3:] if init_from.startswith("hf:") else None
+
+
+def load_hf_gpt2(source, weights):
+    """GPT2Config (weights=False) or GPT2LMHeadModel from a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl:
+    downloaded once, then read from transformers' cache) or a local directory (e.g. what export_hf.py writes)."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise UserError(f"--init_from=hf:{source} needs transformers: {INSTALL}") from None
+    try:
+        if weights:
+            return GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32)
+        config = GPT2Config.from_pretrained(source)
+    except (OSError, ValueError) as err:   # no such directory, no network and not cached, not a GPT-2 config
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--init_from=hf:{source}: cannot load a GPT-2 model ({reason}); give a Hub name (gpt2, "
+                        f"gpt2-medium, gpt2-large, gpt2-xl) with network access or in the cache, or a local "
+                        f"GPT2LMHeadModel directory (python export_hf.py writes one)") from None
+    if config.model_type != "gpt2":
+        raise UserError(f"--init_from=hf:{source} is a {config.model_type!r} model; only GPT-2 (GPT2LMHeadModel) "
+                        f"maps onto model.py's GPT")
+    return config
+
+
+def gpt_args_from_hf(config):
+    """Our GPTConfig's shape keys for a transformers GPT2Config (GPT-2 always has biases and a tied head)."""
+    if not config.tie_word_embeddings:
+        raise UserError("--init_from=hf:...: this GPT-2 has an untied lm_head without a bias, which model.py's GPT "
+                        "(untied heads carry a bias when bias=True) cannot hold")
+    return dict(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, block_size=config.n_positions,
+                bias=True, scale_attn_by_inverse_layer_idx=bool(config.scale_attn_by_inverse_layer_idx),
+                parallel_block=False, rotary_dim=0, tie_embeddings=True)
+
+
+def apply_hf_shape(cfg, given):
+    """Set cfg's shape keys from the GPT-2 named by cfg.init_from; a key in `given` (set by a config file or on
+    the command line) whose value disagrees with the checkpoint's is refused, naming both."""
+    source = hf_source(cfg.init_from)
+    for key, value in gpt_args_from_hf(load_hf_gpt2(source, weights=False)).items():
+        if key in given and getattr(cfg, key) != value:
+            raise UserError(f"{key}={getattr(cfg, key)!r} disagrees with hf:{source}, whose {key} is {value!r}; "
+                            f"leave {key} unset (it is taken from the checkpoint)")
+        setattr(cfg, key, value)
+
+
+@torch.no_grad()
+def load_hf_weights(model, source):
+    """A transformers GPT-2's weights into our freshly built GPT of the same shape (apply_hf_shape): the names are
+    the same; Conv1D weights (in, out) are transposed to nn.Linear's (out, in). The vocabulary: rows 0..V_hf-1
+    are copied; our padding rows (e.g. 50257..50303 of 50304) are set to the mean embedding. With the tied head
+    their logits are then the mean logit, so by Jensen (exp(mean) <= mean(exp)) they take at most
+    47/50257 ~ 0.1% of the softmax mass (zeros would give logit 0, far above GPT-2's typical negative logits,
+    and take most of it). No data token has a padding id, so they get no gradient as inputs, and as outputs only
+    the softmax's push-down p·h (never a target): they stay unlikely and leave real tokens' rows alone."""
+    theirs = load_hf_gpt2(source, weights=True).state_dict()
+    ours = model.state_dict()
+    vocab, vocab_hf = ours["transformer.wte.weight"].shape[0], theirs["transformer.wte.weight"].shape[0]
+    if vocab < vocab_hf:
+        raise UserError(f"--init_from=hf:{source} has {vocab_hf} token rows, more than this run's vocab_size="
+                        f"{vocab}; leave vocab_size unset and use data tokenized as the checkpoint was (GPT-2 BPE)")
+    linear = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    for name, target in ours.items():
+        if name == "lm_head.weight":
+            continue                                   # tied: the same tensor as transformer.wte.weight
+        source_tensor = theirs[name].float()
+        if name.endswith(linear):
+            source_tensor = source_tensor.t()
+        if name == "transformer.wte.weight":
+            target[:vocab_hf] = source_tensor
+            target[vocab_hf:] = source_tensor.mean(0)
+        else:
+            target.copy_(source_tensor)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # tokenizers
 
 def byte_alphabet():

@@ -9,43 +9,14 @@ diagonal Hessian on a fresh batch, then h <- β2 h + (1 - β2) ĥ (optimizer.upd
     refresh = HessianRefresh(cfg, run, sampler, optimizer, scaler, local_model, raw_model)
     if refresh.due(iter_num): diagnostics = refresh(iter_num)      # {"train/win_rate": ..., "hessian_norm": ...}
 
-The GNB pieces (gnb_weight, label_generators, update_from_gradient, diagnostics) are shared with train_hf.py's
-Trainer, so both paths refresh alike.
+The GNB pieces (gnb_weight, label_generators, update_from_gradient) live in sophia.py, where sophia_hf.py's
+Trainer (and so train_hf.py) uses them too, so both paths refresh alike.
 """
-
-import math
 
 import torch
 
 from dataloader import HESSIAN, derive_seed
-from parallel import full_tensor
-from sophia import gnb_backward, hutchinson_estimate
-
-
-def gnb_weight(hessian_sequences, step_sequences, micro_batches):
-    """Scale of each micro-batch's GNB loss. E[ĝ⊙ĝ] = diag(GN) / (tokens behind ĝ), and step() multiplies h by
-    bs = tokens per step: a Hessian batch smaller than the step's is rescaled by sqrt(hessian / step sequences),
-    so that bs·h stays unbiased; 1/micro_batches makes ĝ the mean over the batch's micro-batches."""
-    return math.sqrt(hessian_sequences / step_sequences) / micro_batches
-
-
-def label_generators(seeds, device):
-    """One generator per sequence for its sampled labels, seeded per global row: the labels are the same on any
-    number of processes and on resume."""
-    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-
-
-def update_from_gradient(optimizer, params, grad_clip):
-    """The GNB gradient ĝ is in the parameters' .grad: clip it like the training gradient (as upstream), then
-    h <- β2 h + (1 - β2) ĝ⊙ĝ unless it is non-finite, and clear it. Returns whether h was updated."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0
-            else torch.nn.utils.get_total_norm(grads))
-    finite = math.isfinite(full_tensor(norm).item())
-    if finite:
-        optimizer.update_hessian()
-    optimizer.zero_grad(set_to_none=True)
-    return finite
+from sophia import gnb_backward, gnb_weight, hutchinson_estimate, label_generators, update_from_gradient  # noqa: F401
 
 
 def diagnostics(optimizer, bs=None):

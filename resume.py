@@ -35,7 +35,7 @@ class Checkpointer:
         """Refuse a fresh run over saved checkpoints and a resume without any; the master makes sure out_dir is
         writable. Returns whether this is a fresh run (nothing of it saved yet)."""
         cfg = self.cfg
-        if cfg.init_from == "scratch" and checkpoint.has_checkpoint(cfg.out_dir):
+        if cfg.init_from != "resume" and checkpoint.has_checkpoint(cfg.out_dir):   # scratch or hf:...: a new run
             raise UserError(f"out_dir {cfg.out_dir!r} already holds a run's checkpoints; continue it with "
                             f"--init_from=resume, or pass another --out_dir (delete the folder to start over)")
         if cfg.init_from == "resume":
@@ -50,7 +50,7 @@ class Checkpointer:
             except OSError as err:
                 raise UserError(f"out_dir {cfg.out_dir!r} is not writable ({err.strerror}); "
                                 f"pass a writable --out_dir") from None
-        return cfg.init_from == "scratch"
+        return cfg.init_from != "resume"
 
     def load(self, raw_model, model_args):
         """The latest checkpoint, checked against this run; its weights go into raw_model (before any sharding),

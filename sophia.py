@@ -51,6 +51,7 @@ parts each get their own momentum and curvature, ĥ = Re(g)² and Im(g)² (never
 part can be negative). A complex parameter follows exactly the trajectory of its view_as_real twin.
 """
 
+import math
 import warnings
 
 import torch
@@ -434,6 +435,32 @@ def gnb_backward(logits, *, generator=None, ignore_mask=None, scale=1.0):
             out[a:b] = probs
     logits.backward(grad)
     return (loss / n_kept).float()
+
+
+def gnb_weight(hessian_sequences, step_sequences, micro_batches):
+    """Scale of each micro-batch's GNB loss. E[ĝ⊙ĝ] = diag(GN) / (tokens behind ĝ), and step() multiplies h by
+    bs = tokens per step: a Hessian batch smaller than the step's is rescaled by sqrt(hessian / step sequences),
+    so that bs·h stays unbiased; 1/micro_batches makes ĝ the mean over the batch's micro-batches."""
+    return math.sqrt(hessian_sequences / step_sequences) / micro_batches
+
+
+def label_generators(seeds, device):
+    """One generator per sequence for its sampled labels, seeded per global row: the labels are the same on any
+    number of processes and on resume."""
+    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+
+def update_from_gradient(optimizer, params, grad_clip):
+    """The GNB gradient ĝ is in the parameters' .grad: clip it like the training gradient (as upstream), then
+    h <- β2 h + (1 - β2) ĝ⊙ĝ unless it is non-finite, and clear it. Returns whether h was updated."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0
+            else torch.nn.utils.get_total_norm(grads))
+    finite = math.isfinite(_full(norm).item())
+    if finite:
+        optimizer.update_hessian()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
 def hessian_vector_product(loss, params, vectors, grads=None):

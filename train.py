@@ -42,6 +42,7 @@ import torch.distributed as dist
 import devices
 from configurator import UserError, config_to_dict, load_config
 from dataloader import EVAL_SEED, EVAL_TRAIN, EVAL_VAL, TRAIN, Sampler, TokenDataset, derive_seed
+from export_hf import apply_hf_shape, load_hf_weights
 from hessian import HessianRefresh
 from metrics import MetricsLog, TimingWindow, code_info, fingerprint, param_and_momentum_norms, step_line
 from model import GPT, GPTConfig
@@ -68,7 +69,8 @@ class TrainConfig:
     eval_tasks_data: str | None = None      # offline task files, as eval.py's --task_data; None: lm-eval's hub
     always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
-    init_from: Literal["scratch", "resume"] = "scratch"
+    init_from: str = "scratch"              # scratch, resume, or hf:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>: a
+                                            # pretrained GPT-2 (Hub or local GPT2LMHeadModel dir) as a new run
     resume_override: str | None = None      # on resume: experiment keys allowed to differ from the checkpoint's,
                                             # comma-separated (e.g. "rho,learning_rate"); see RESUMABLE_KEYS below
     # wandb
@@ -162,8 +164,14 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------------
 # configuration checks
 
+INIT_FROM = ("scratch", "resume")      # init_from's plain values; besides them, hf:<Hub name or directory>
+
+
 def resolve(cfg, world_size):
     """Fill the None defaults, check ranges and the batch arithmetic. Returns gradient accumulation steps."""
+    if cfg.init_from not in INIT_FROM and not (cfg.init_from.startswith("hf:") and len(cfg.init_from) > 3):
+        raise UserError(f"init_from={cfg.init_from!r}: use {', '.join(INIT_FROM)} or hf:<name or directory> "
+                        f"(e.g. hf:gpt2, hf:gpt2-medium, hf:./my-export)")
     for key, value in OPTIMIZER_DEFAULTS[cfg.optimizer_name].items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
@@ -356,11 +364,18 @@ def main(argv=None, defaults=None):
             dist.destroy_process_group()
 
 
+def given_keys(applied):
+    """The keys a config file or the command line set (load_config's applied lines: "FILE: key = v", "--key = v")."""
+    return {line.split(" = ", 1)[0].split()[-1].lstrip("-") for line in applied}
+
+
 def make_trainer(argv, defaults=None):
     cfg, applied = load_config(TrainConfig, argv, defaults)
     derived = {key for key, value in vars(cfg).items() if value is None}    # filled in by resolve()
     run = Run()
     grad_accum = resolve(cfg, run.world)
+    if cfg.init_from.startswith("hf:"):   # the model's shape from the pretrained GPT-2's config
+        apply_hf_shape(cfg, given_keys(applied))
     run.setup_device(cfg)
     return Trainer(cfg, run, grad_accum, applied, derived)
 
@@ -400,6 +415,8 @@ class Trainer:
             self.raw_model = GPT(GPTConfig(**self.model_args)).to(run.device)
         except ValueError as err:
             raise UserError(str(err)) from None
+        if cfg.init_from.startswith("hf:"):    # a pretrained GPT-2's weights; a fresh optimizer (a new run)
+            load_hf_weights(self.raw_model, cfg.init_from[3:])
         torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
         self.state = TrainState()
         ckpt = self.checkpoints.load(self.raw_model, self.model_args) if cfg.init_from == "resume" else None

