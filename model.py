@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import devices
+from sophia import decay_groups
 
 # GPT-2 sizes as (n_layer, n_head, n_embd). Parameter counts are HF GPT-2's (vocab 50257, biases on,
 # block 1024, wpe included): 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200.
@@ -177,19 +178,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope)
         x = x + self.mlp(self.ln_2(x))
         return x
-
-
-def decay_groups(module, weight_decay, linear_types=(nn.Linear,)):
-    """[decayed, not decayed] parameter groups of any module, by upstream Sophia's rule: weight decay on the weights
-    of linear layers (linear_types: transformers' GPT-2 adds its Conv1D) and nothing else, not biases, norms or
-    embeddings (a tied lm_head is the embedding). Every trainable parameter appears once, in parameters() order."""
-    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-    linear = {id(m.weight) for m in module.modules() if isinstance(m, linear_types)} - embeddings
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if id(p) in linear else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class GPT(nn.Module):

@@ -437,6 +437,19 @@ def gnb_backward(logits, *, generator=None, ignore_mask=None, scale=1.0):
     return (loss / n_kept).float()
 
 
+def decay_groups(module, weight_decay, linear_types=(torch.nn.Linear,)):
+    """[decayed, not decayed] parameter groups of any module, by upstream Sophia's rule: weight decay on the weights
+    of linear layers (linear_types: transformers' GPT-2 adds its Conv1D) and nothing else, not biases, norms or
+    embeddings (a tied lm_head is the embedding). Every trainable parameter appears once, in parameters() order."""
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
+    linear = {id(m.weight) for m in module.modules() if isinstance(m, linear_types)} - embeddings
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if id(p) in linear else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def gnb_weight(hessian_sequences, step_sequences, micro_batches):
     """Scale of each micro-batch's GNB loss. E[ĝ⊙ĝ] = diag(GN) / (tokens behind ĝ), and step() multiplies h by
     bs = tokens per step: a Hessian batch smaller than the step's is rescaled by sqrt(hessian / step sequences),

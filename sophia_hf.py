@@ -30,7 +30,7 @@ import warnings
 
 import torch
 
-from sophia import SophiaG, gnb_loss, gnb_weight, label_generators, update_from_gradient
+from sophia import SophiaG, decay_groups, gnb_loss, gnb_weight, label_generators, update_from_gradient
 
 __all__ = ["SophiaGTrainer", "SophiaGForTrainer", "SophiaGCounters", "hf_param_groups", "causal_lm_collator",
            "derive_seed"]
@@ -57,17 +57,11 @@ class SophiaGForTrainer(SophiaG):
 
 
 def hf_param_groups(model, weight_decay):
-    """[decayed, not decayed] groups by upstream Sophia's rule: weight decay on the weights of Linear layers
-    (transformers' GPT-2 Conv1D is one, transposed) and nothing else: not biases, norms or embeddings (a tied
-    lm_head is the embedding). The Trainer's own rule would decay the embeddings. (As model.decay_groups.)"""
+    """[decayed, not decayed] groups by upstream Sophia's rule (sophia.decay_groups): weight decay on the weights of
+    Linear layers, transformers' GPT-2 Conv1D included, and nothing else (the Trainer's own rule would decay the
+    embeddings too)."""
     from transformers.pytorch_utils import Conv1D
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D))} - embeddings
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if id(p) in linear else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return decay_groups(model, weight_decay, linear_types=(torch.nn.Linear, Conv1D))
 
 
 def _row_ids(row):

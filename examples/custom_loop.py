@@ -88,12 +88,10 @@ train_batches = token_batches(seed=seed + 1, batch_size=args.batch_size)
 hess_batches = token_batches(seed=seed + 2, batch_size=args.hess_batch_size)   # its own stream and seed
 
 # --- core: start
-from sophia import SophiaG, gnb_loss
+from sophia import SophiaG, decay_groups, gnb_loss
 
 # decoupled weight decay on the Linear (matmul) weights only; none on embeddings, LayerNorms and biases
-decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-other = [p for p in model.parameters() if all(p is not q for q in decay)]
-optimizer = SophiaG([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+optimizer = SophiaG(decay_groups(model, weight_decay=0.1),
                     lr=lr, betas=(0.965, 0.99), rho=0.05)
 hess_interval, grad_clip = 10, 1.0
 label_gen = torch.Generator().manual_seed(seed)              # draws the GNB labels
