@@ -68,7 +68,9 @@ class TrainConfig:
     eval_tasks_data: str | None = None      # offline task files, as eval.py's --task_data; None: lm-eval's hub
     always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
-    init_from: Literal["scratch", "resume"] = "scratch"
+    init_from: Literal["auto", "scratch", "resume"] = "auto"   # auto: resume when out_dir holds a checkpoint, else
+                                            # start fresh (the same command continues after a crash, torchrun's
+                                            # restart or a requeue); scratch refuses an out_dir with checkpoints
     resume_override: str | None = None      # on resume: experiment keys allowed to differ from the checkpoint's,
                                             # comma-separated (e.g. "rho,learning_rate"); see RESUMABLE_KEYS below
     # wandb
@@ -269,6 +271,7 @@ class TrainState:
     compile_time: float = 0.0
     cpu_time: float = 0.0
     wandb_run_id: str | None = None    # a resumed run continues its wandb run
+    restarts: int = 0                  # resumes so far (explicit, or automatic after a crash / torchrun restart)
     diagnostics: dict = dataclasses.field(default_factory=dict)   # Sophia's, from the last Hessian refresh
 
     def state_dict(self):
@@ -307,6 +310,21 @@ class StopRequest:
         """1.0 if this rank was asked to stop, as a tensor beside `like`: train_step reduces it over ranks with
         the loss (all ranks must leave the loop together), with no collective or host sync of its own."""
         return like.new_full((), float(self.signal is not None))
+
+
+def crash_for_tests(rank):
+    """A test hook (tests/test_distributed.py, the elastic restart): SOPHIA_TEST_CRASH="<rank>:<iter>:<marker
+    file>" makes that rank kill itself with SIGKILL at the start of that iteration, once: only while the marker
+    file does not exist (crash_now creates it first, so the restarted run goes on). The iteration, or None."""
+    spec = os.environ.get("SOPHIA_TEST_CRASH", "").split(":", 2)
+    if len(spec) != 3 or int(spec[0]) != rank or os.path.exists(spec[2]):
+        return None
+    return int(spec[1])
+
+
+def crash_now():
+    open(os.environ["SOPHIA_TEST_CRASH"].split(":", 2)[2], "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def nonfinite_step(cfg, iter_num, loss, grad_norm, fp16, run):
@@ -382,6 +400,14 @@ class Trainer:
             self.tokenizer = tokenizer_from_meta(data_dir)
         self.sampler = Sampler(self.dataset, cfg.batch_size, run.rank, run.world, run.device)
         self.checkpoints, self.metrics = Checkpointer(cfg, run, derived), MetricsLog(cfg, run)
+        try:
+            self._set_up(cfg, run, grad_accum)
+        except BaseException:
+            self.checkpoints.release()      # a run that never started leaves its out_dir free at once
+            raise
+
+    def _set_up(self, cfg, run, grad_accum):
+        """Everything after the Checkpointer, which may hold out_dir's lock from here on."""
         if self.checkpoints.prepare_out_dir() and run.master:
             self.metrics.set_aside_old()
 
@@ -402,7 +428,7 @@ class Trainer:
             raise UserError(str(err)) from None
         torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
         self.state = TrainState()
-        ckpt = self.checkpoints.load(self.raw_model, self.model_args) if cfg.init_from == "resume" else None
+        ckpt = self.checkpoints.load(self.raw_model, self.model_args) if self.checkpoints.resuming else None
         # self.model runs forward/backward (it syncs gradients), self.local_model the passes that sum their own
         # (parallel.Run.wrap); raw_model holds the parameters (FSDP: sharded in place)
         self.model, self.local_model = run.wrap(self.raw_model)
@@ -414,6 +440,7 @@ class Trainer:
                                               self.local_model, self.raw_model) if self.sophia else None
         self.stop = StopRequest(announce=run.master)
         self.prefetched = None          # (iteration, its micro-batches), loaded ahead by train_step
+        self.crash_at = crash_for_tests(run.rank)
         layout = f" ({run.layout})" if run.layout else ""
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
                   f"{run.world} process(es){layout} x {cfg.batch_size} sequences x {grad_accum} accumulation "
@@ -526,6 +553,7 @@ class Trainer:
         finally:
             self.stop.restore()
             self.metrics.finish()
+            self.checkpoints.release()
 
     def _train(self):
         cfg, run, state = self.cfg, self.run, self.state
@@ -539,6 +567,8 @@ class Trainer:
         skipped_in_a_row, window = 0, None
         while True:
             iter_num = state.iter_num
+            if iter_num == self.crash_at:
+                self.crash_at = crash_now()
             if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
                 self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
             if iter_num >= cfg.max_iters or cfg.eval_only:
@@ -583,7 +613,7 @@ class Trainer:
                     self._close(window)
                 self.save_checkpoint(is_best=False)
                 run.print(f"stopped by {self.stop.signal or 'a signal on another rank'} after iteration {iter_num}; "
-                          f"continue with --init_from=resume")
+                          f"run the same command again to continue (init_from=auto resumes)")
                 break
 
     def _close(self, window):
@@ -596,7 +626,7 @@ class Trainer:
         state, dt = self.state, window.seconds_per_iter
         tokens_per_sec = self.tokens_per_iter / dt
         mfu = self.raw_model.estimate_mfu(tokens_per_sec / self.run.world, self.run.device)
-        record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
+        record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "restarts": state.restarts,
                   "train/clip_rate": state.clipped_steps / (iter_num + 1), "train/skipped_steps": state.skipped_steps,
                   **param_and_momentum_norms(self.raw_model, self.optimizer, self.run)}
         if self.sophia:   # win_rate is 0 until the first refresh, as upstream logs it

@@ -4,7 +4,7 @@ import json
 
 import checkpoint
 import train
-from helpers import assert_clean_error, assert_same, copy_run, events, tiny_argv, train_cli
+from helpers import TINY, assert_clean_error, assert_same, copy_run, events, tiny_argv, train_cli
 
 
 def test_resume_refuses_to_change_the_experiment(run_of_8, data_dir, tmp_path, capsys):
@@ -65,3 +65,49 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(run_of_8, data_dir
     assert "ckpt.pt is damaged" in captured.err and "trying the previous checkpoint" in captured.err
     assert "resuming from" in captured.out and "ckpt_0000004.pt at iteration 4" in captured.out
     assert_same(events(run_of_8), events(out), range(8))       # iterations 4-7 retrained, exactly as before
+
+
+def test_the_same_command_again_continues_a_crashed_run(run_of_8, data_dir, tmp_path, capsys, one_thread):
+    """init_from=auto (the default): a run that died after its checkpoint at 4 (its rows 4-7 and eval at 8
+    logged, the checkpoint at 8 never written) is continued by the same command; metrics.jsonl then holds each
+    iteration once, with the straight run's values, and a restart event."""
+    out = copy_run(run_of_8, tmp_path)
+    for name in ("ckpt.pt", "ckpt_0000008.pt"):
+        (out / name).unlink()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "iter": 8, "train/lo')       # a line cut short by the kill
+    args = ["--max_iters=8", "--eval_interval=4", "--eval_sequences=16", "--keep_last=3"]
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={out}", *args, "--seed=5")
+    assert_clean_error(result, "would change the experiment", "seed=1337 in the checkpoint, 5 now")
+    train.main(tiny_argv(data_dir, out, *args))
+    assert "ckpt_0000004.pt at iteration 4" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    for kind, iters in (("train", list(range(8))), ("eval", [0, 4, 8])):
+        assert [r["iter"] for r in rows if r["event"] == kind] == iters, kind
+    assert [(r["iter"], r["restarts"], r["rows_dropped"]) for r in rows if r["event"] == "restart"] == [(4, 1, 7)]
+    assert [r["restarts"] for r in rows if r["event"] == "run"] == [0, 1]
+    assert [events(out)[i]["restarts"] for i in (3, 4)] == [0, 1]
+    assert_same(events(run_of_8), events(out), range(8))
+    assert checkpoint.load(str(out / "ckpt.pt"))["state"]["restarts"] == 1
+
+
+def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_dies(data_dir, tmp_path, capsys, one_thread):
+    import subprocess
+    import sys
+    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('otherhost 4242\\n'); f.flush(); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        args = [f"--data_dir={data_dir}", f"--out_dir={tmp_path}", "--max_iters=1", "--eval_interval=1",
+                "--eval_sequences=8"]
+        result = train_cli(capsys, *args)
+        assert_clean_error(result, "is in use by another run (host otherhost, pid 4242", ".lock", "another --out_dir")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]     # nothing else written
+    finally:
+        holder.kill()       # as kill -9: the OS drops its lock, the file stays
+        holder.wait()
+    train.main([TINY, *args])
+    assert (tmp_path / "ckpt.pt").exists() and (tmp_path / ".lock").read_text().split()[1] != "4242"
+    train.main([TINY, *args, "--max_iters=2"])       # the first run's lock was released at its end
+    assert checkpoint.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 2
