@@ -168,6 +168,24 @@ def test_two_processes_reproduce_one(data_dir, straight_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_restart_after_a_killed_worker_continues_bit_for_bit(data_dir, straight_run, tmp_path):
+    """torchrun --max-restarts=1: rank 1 dies by SIGKILL at iteration 6 (train.py's SOPHIA_TEST_CRASH hook), the
+    agent restarts both workers with the same arguments, init_from=auto resumes from the checkpoint at 4; the
+    losses equal a straight run's bit for bit and metrics.jsonl holds each iteration once, with a restart event."""
+    marker = tmp_path / "crashed"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "--max-restarts=1"]
+    tiny(data_dir, tmp_path / "run", "--max_iters=10", "--eval_interval=4", "--eval_sequences=16",
+         launcher=launcher, env={**ENV, "SOPHIA_TEST_CRASH": f"1:6:{marker}"})
+    assert marker.exists()          # it did crash once
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["iter"] for r in rows if r["event"] == "train"] == list(range(10))
+    assert [r["iter"] for r in rows if r["event"] == "eval"] == [0, 4, 8, 10]
+    assert [(r["iter"], r["restarts"]) for r in rows if r["event"] == "restart"] == [(4, 1)]
+    assert_same(events(straight_run[0]), events(tmp_path / "run"), range(10))
+
+
+@pytest.mark.slow
 def test_fsdp_reproduces_one_process(data_dir, straight_run, tmp_path):
     """FSDP2 shards parameters, gradients and optimizer state over 2 ranks, yet takes the steps of 1 process (the
     rank without a Hessian micro-batch joins with a dummy pass), up to the rounding of sharded sums (see the
