@@ -82,8 +82,19 @@ class MetricsLog:
         record = {"event": event, "iter": iter_num, **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")   # NaN / Inf are written as null
-        if self.wandb is not None and event != "run":
-            self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
+        if self.wandb is not None and event not in ("run", "restart"):
+            try:
+                self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
+            except Exception as err:    # logging never costs the run: metrics.jsonl has every row
+                self.wandb_failed("log", err)
+
+    def wandb_failed(self, what, err):
+        """wandb is off from here on, said in one line on stderr."""
+        self.wandb = None
+        text = " ".join(str(err).split())[:200]
+        print(f"warning: wandb {what} failed ({type(err).__name__}: {text}); continuing without wandb "
+              f"(metrics.jsonl has every row). Without network, run with WANDB_MODE=offline and `wandb sync` "
+              f"{os.path.join(self.cfg.out_dir, 'wandb')} later", file=sys.stderr, flush=True)
 
     def start(self, state, config, *, resumed_from, resume_overrides, fingerprint, code):
         """wandb (a resumed run continues the checkpoint's wandb run: its id is in `state`), then the "run" event:
@@ -97,21 +108,34 @@ class MetricsLog:
             except ImportError:
                 raise UserError("wandb_log=True needs the wandb package: pip install wandb") from None
             state.wandb_run_id = state.wandb_run_id or secrets.token_hex(4)   # kept in checkpoints
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=state.wandb_run_id,
-                                    resume="allow", config=config, dir=cfg.out_dir)
+            # an unreachable server: init retries for init_timeout seconds, then raises; the run goes on without
+            # wandb. (A resume re-logs the steps after the checkpoint: wandb's resume="allow" ignores a step it
+            # has seen; its rewind, resume_from, is a private preview, so not used: docs/metrics.md)
+            try:
+                self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=state.wandb_run_id,
+                                        resume="allow", config=config, dir=cfg.out_dir,
+                                        settings=wandb.Settings(init_timeout=cfg.wandb_init_timeout))
+            except Exception as err:
+                self.wandb_failed("init", err)
         if resume_overrides:
             run.print("resuming with changed settings (--resume_override): " + ", ".join(
                 f"{k} {old!r} -> {new!r}" for k, (old, new) in resume_overrides.items()))
             if self.wandb is not None:
-                self.wandb.config.update({f"resume_override/{resumed_from}": resume_overrides},
-                                         allow_val_change=True)
+                try:
+                    self.wandb.config.update({f"resume_override/{resumed_from}": resume_overrides},
+                                             allow_val_change=True)
+                except Exception as err:
+                    self.wandb_failed("config update", err)
         self.log("run", state.iter_num, dict(name=cfg.wandb_run_name, config=config, resumed_from=resumed_from,
                                              restarts=state.restarts, world_size=run.world, resume_overrides=resume_overrides or None,
                                              code=code, **fingerprint))
 
     def finish(self):
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.finish()
+            except Exception as err:
+                self.wandb_failed("finish", err)
 
 
 def fingerprint(raw_model, dataset, fresh, run):

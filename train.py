@@ -77,6 +77,8 @@ class TrainConfig:
     wandb_log: bool = False
     wandb_project: str = "sophia"
     wandb_run_name: str = "gpt2"
+    wandb_init_timeout: float = 60.0        # seconds wandb.init may wait for its server; then the run goes on
+                                            # without wandb (one warning; metrics.jsonl has everything)
     # data
     dataset: str = "openwebtext"            # data/<dataset>/train.bin, val.bin (+ meta.json)
     data_dir: str | None = None             # None: data/<dataset> next to this file
@@ -133,6 +135,9 @@ class TrainConfig:
                                             # 1 on a shared or busy machine, where tiny models on contended
                                             # threads run many times slower
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
+    dist_timeout_s: float = 600.0           # under torchrun: a collective that waits longer for a hung rank fails
+                                            # (NCCL's default, 10 min; gloo's is 30). It must exceed the longest
+                                            # time one rank works alone: rank 0's checkpoint write and eval_tasks
     fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
                                             # over the processes (FSDP2) instead of replicating them (DDP)
     fsdp_shard_size: int | None = None      # FSDP: shard within groups of this many processes and replicate across
@@ -152,10 +157,10 @@ class TrainConfig:
     RESUMABLE_KEYS = frozenset({
         "out_dir", "eval_interval", "log_interval", "eval_iters", "eval_sequences", "eval_only",
         "always_save_checkpoint", "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit",
-        "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "data_dir", "batch_size",
-        "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size", "nonfinite", "device",
-        "dtype", "compile", "threads", "backend", "fsdp", "fsdp_shard_size", "fsdp_mixed_precision",
-        "activation_checkpointing"})
+        "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "wandb_init_timeout", "data_dir",
+        "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size", "nonfinite",
+        "device", "dtype", "compile", "threads", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size",
+        "fsdp_mixed_precision", "activation_checkpointing"})
     NEVER_OVERRIDDEN = frozenset({"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
                                   "bias", "parallel_block", "rotary_dim", "tie_embeddings"})
     DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}
@@ -192,6 +197,10 @@ def resolve(cfg, world_size):
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be a positive integer, got {getattr(cfg, key)}")
+    if cfg.dist_timeout_s <= 0:
+        raise UserError(f"dist_timeout_s must be > 0 seconds, got {cfg.dist_timeout_s}")
+    if cfg.wandb_init_timeout <= 0:
+        raise UserError(f"wandb_init_timeout must be > 0 seconds, got {cfg.wandb_init_timeout}")
     for key in ["warmup_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip", "rho", "dropout"]:
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
@@ -343,6 +352,16 @@ def is_out_of_memory(err):
     """torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
     text = str(err)
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def collective_failed_message(err, cfg, iter_num, rank):
+    """A collective that timed out (a hung rank) or lost a peer (a dead one): this rank, the iteration, and
+    torch's own words, which name the operation where the backend reports it (NCCL: OpType=ALLREDUCE, ...)."""
+    text = " ".join(str(err).split())[:300]
+    return (f"rank {rank}: a collective failed at iteration {iter_num} ({type(err).__name__}: {text}); another rank "
+            f"hung or died (its output says why). dist_timeout_s={cfg.dist_timeout_s:g} bounds the wait: raise it "
+            f"if one rank may work alone longer (a large checkpoint, eval_tasks). Checkpoints on disk are intact; "
+            f"the same command resumes from the latest")
 
 
 def out_of_memory_message(err, cfg, iter_num, device):
@@ -547,6 +566,9 @@ class Trainer:
         try:
             self._train()
         except RuntimeError as err:       # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
+            if self.run.distributed and isinstance(err, dist.DistError):
+                raise UserError(collective_failed_message(err, self.cfg, self.state.iter_num, self.run.rank)) \
+                    from None
             if not is_out_of_memory(err):
                 raise
             raise UserError(out_of_memory_message(err, self.cfg, self.state.iter_num, self.run.device)) from None
