@@ -127,7 +127,8 @@ class MetricsLog:
                 except Exception as err:
                     self.wandb_failed("config update", err)
         self.log("run", state.iter_num, dict(name=cfg.wandb_run_name, config=config, resumed_from=resumed_from,
-                                             restarts=state.restarts, world_size=run.world, resume_overrides=resume_overrides or None,
+                                             restarts=state.restarts, world_size=run.world,
+                                             resume_overrides=resume_overrides or None,
                                              code=code, **fingerprint))
 
     def finish(self):

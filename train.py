@@ -32,6 +32,8 @@ import os
 import re
 import signal
 import sys
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Literal
 
@@ -322,9 +324,10 @@ class StopRequest:
 
 
 def crash_for_tests(rank):
-    """A test hook (tests/test_distributed.py, the elastic restart): SOPHIA_TEST_CRASH="<rank>:<iter>:<marker
-    file>" makes that rank kill itself with SIGKILL at the start of that iteration, once: only while the marker
-    file does not exist (crash_now creates it first, so the restarted run goes on). The iteration, or None."""
+    """A test hook (tests/test_distributed.py: torchrun's restart, a hung rank): SOPHIA_TEST_CRASH="<rank>:<iter>:
+    <marker file>" makes that rank kill itself with SIGKILL at the start of that iteration, once: only while the
+    marker file does not exist (crash_now creates it first, so the restarted run goes on); SOPHIA_TEST_HANG=1
+    makes it sleep 120 s there instead, a hung rank. The iteration, or None."""
     spec = os.environ.get("SOPHIA_TEST_CRASH", "").split(":", 2)
     if len(spec) != 3 or int(spec[0]) != rank or os.path.exists(spec[2]):
         return None
@@ -333,6 +336,8 @@ def crash_for_tests(rank):
 
 def crash_now():
     open(os.environ["SOPHIA_TEST_CRASH"].split(":", 2)[2], "w").close()
+    if os.environ.get("SOPHIA_TEST_HANG"):
+        time.sleep(120)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -354,12 +359,20 @@ def is_out_of_memory(err):
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
+def is_collective_failure(err):
+    """A collective that timed out (a hung rank) or lost its peer (a dead one): NCCL raises DistError, gloo a
+    plain RuntimeError ("Timed out waiting 600000ms for recv operation", "Connection closed by peer")."""
+    return isinstance(err, dist.DistError) or re.search(r"timed out|connection (closed|reset)", str(err), re.I)
+
+
 def collective_failed_message(err, cfg, iter_num, rank):
-    """A collective that timed out (a hung rank) or lost a peer (a dead one): this rank, the iteration, and
-    torch's own words, which name the operation where the backend reports it (NCCL: OpType=ALLREDUCE, ...)."""
+    """This rank, the iteration, the collective (the innermost Python call, e.g. dist.all_reduce(tensor); NCCL's
+    own text names it too: OpType=ALLREDUCE) and torch's words."""
+    frames = traceback.extract_tb(err.__traceback__)
+    call = f" in {frames[-1].line}" if frames and frames[-1].line else ""
     text = " ".join(str(err).split())[:300]
-    return (f"rank {rank}: a collective failed at iteration {iter_num} ({type(err).__name__}: {text}); another rank "
-            f"hung or died (its output says why). dist_timeout_s={cfg.dist_timeout_s:g} bounds the wait: raise it "
+    return (f"rank {rank}: a collective failed at iteration {iter_num}{call} ({type(err).__name__}: {text}); "
+            f"another rank hung or died (its output says why). dist_timeout_s={cfg.dist_timeout_s:g} bounds the wait: raise it "
             f"if one rank may work alone longer (a large checkpoint, eval_tasks). Checkpoints on disk are intact; "
             f"the same command resumes from the latest")
 
@@ -566,7 +579,7 @@ class Trainer:
         try:
             self._train()
         except RuntimeError as err:       # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
-            if self.run.distributed and isinstance(err, dist.DistError):
+            if self.run.distributed and is_collective_failure(err):
                 raise UserError(collective_failed_message(err, self.cfg, self.state.iter_num, self.run.rank)) \
                     from None
             if not is_out_of_memory(err):

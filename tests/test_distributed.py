@@ -160,6 +160,26 @@ def test_fsdp2_options_against_the_plain_run(data_dir, straight_run, tmp_path, m
             {torch.float32}
 
 
+def test_dist_timeout_s_bounds_every_collective(monkeypatch, single_rank):
+    import datetime
+    import torch.distributed as dist
+    import parallel
+    from configurator import UserError
+    seen, real = {}, dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    cfg = train.TrainConfig(device="cpu", dist_timeout_s=7)
+    train.resolve(cfg, world_size=1)
+    try:
+        parallel.Run().setup_device(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert seen["timeout"] == datetime.timedelta(seconds=7)
+    assert "dist_timeout_s" in train.TrainConfig.RESUMABLE_KEYS
+    with pytest.raises(UserError, match="dist_timeout_s must be > 0"):
+        train.resolve(train.TrainConfig(device="cpu", dist_timeout_s=0), world_size=1)
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_one(data_dir, straight_run, tmp_path):
     """The global batch is a function of (seed, iteration) only: 2 ranks x 1 micro-step = 1 rank x 2, bit for bit."""
@@ -183,6 +203,19 @@ def test_torchrun_restart_after_a_killed_worker_continues_bit_for_bit(data_dir, 
     assert [r["iter"] for r in rows if r["event"] == "eval"] == [0, 4, 8, 10]
     assert [(r["iter"], r["restarts"]) for r in rows if r["event"] == "restart"] == [(4, 1)]
     assert_same(events(straight_run[0]), events(tmp_path / "run"), range(10))
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_run_after_dist_timeout_s(data_dir, tmp_path):
+    """Rank 1 hangs at iteration 3 (SOPHIA_TEST_HANG): rank 0's next collective gives up after dist_timeout_s
+    and the run ends with one error line naming the rank and the iteration, long before the hang would end."""
+    env = {**ENV, "SOPHIA_TEST_CRASH": f"1:3:{tmp_path / 'hung'}", "SOPHIA_TEST_HANG": "1"}
+    start = time.perf_counter()
+    proc = tiny(data_dir, tmp_path / "run", "--max_iters=6", "--eval_interval=6", "--eval_sequences=16",
+                "--dist_timeout_s=15", nproc=2, env=env, check=False)
+    assert time.perf_counter() - start < 100 and proc.returncode != 0
+    assert "error: rank 0: a collective failed at iteration 3" in proc.stderr, proc.stderr[-3000:]
+    assert "dist_timeout_s=15" in proc.stderr
 
 
 @pytest.mark.slow
