@@ -19,12 +19,15 @@ out_dir: the master holds an exclusive flock on out_dir/.lock for the run's life
 process dies, so a killed run does not block the next one).
 """
 
+import errno
 import fcntl
 import os
+import shutil
 import socket
 import sys
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 import checkpoint
 import parallel
@@ -125,11 +128,38 @@ class Checkpointer:
             return
         if run.fsdp:
             ckpt = checkpoint.make(model=None, optimizer=None, sharded=layout, **parts)
-            path = checkpoint.save_sharded(cfg.out_dir, ckpt, tensors, keep_last=cfg.keep_last, is_best=is_best)
+            needed = sum(parallel.local_tensor(t).nbytes for t in tensors.values())     # this rank's shards
         else:
             ckpt = checkpoint.make(model=model, optimizer=optimizer_state, **parts)
-            path = checkpoint.save(cfg.out_dir, ckpt, keep_last=cfg.keep_last, is_best=is_best)
+            needed = sum(t.nbytes for _, t in checkpoint._tensors(ckpt))
+        try:
+            if run.fsdp:
+                path = checkpoint.save_sharded(cfg.out_dir, ckpt, tensors, keep_last=cfg.keep_last,
+                                               is_best=is_best)
+            else:
+                path = checkpoint.save(cfg.out_dir, ckpt, keep_last=cfg.keep_last, is_best=is_best)
+        except (OSError, RuntimeError, CheckpointException) as err:
+            free = shutil.disk_usage(cfg.out_dir).free
+            if not disk_full(err, needed, free):
+                raise
+            if run.fsdp and run.master:     # the unfinished directory (a file's temporary is already gone)
+                shutil.rmtree(checkpoint.numbered_dir(cfg.out_dir, state.iter_num) + ".tmp", ignore_errors=True)
+            raise UserError(f"cannot write the checkpoint of iteration {state.iter_num} to out_dir {cfg.out_dir!r}: "
+                            f"the disk is full ({needed / 2**20:,.1f} MiB needed, {free / 2**20:,.1f} MiB free); "
+                            f"the previous checkpoint is intact. Free space there (or lower --keep_last), then run "
+                            f"the same command again: it resumes from the previous checkpoint") from None
         run.print(f"saved checkpoint {path}")
+
+
+def disk_full(err, needed, free):
+    """Whether a failed save ran out of space: ENOSPC anywhere in the exception's chain, or an error of torch's
+    zip writer ("file write failed", no errno) with less free space than the checkpoint needs."""
+    seen = err
+    while seen is not None:
+        if getattr(seen, "errno", None) == errno.ENOSPC or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "write failed" in str(err) and free < needed
 
 
 def check_resumable(ckpt, path, model_args, optimizer_name):
