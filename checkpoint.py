@@ -11,7 +11,7 @@ out_dir/
                       rank writes its own shards (__<rank>_0.distcp), rank 0 the index (.metadata) and the
                       non-tensor parts (meta.pt); no rank gathers the full model or optimizer state
     ckpt.pt           the latest: a hard link to the newest file, or a symbolic link to the newest directory;
-                      --init_from=resume reads it
+                      a resume (init_from=auto, the default, or resume) reads it
     ckpt_best.pt      the one with the lowest val loss so far (likewise)
 The newest `keep_last` numbered checkpoints are kept (and the one ckpt_best.pt names). Either format resumes on
 any number of processes, with or without FSDP; eval.py, sample.py and export_hf.py read both, and
