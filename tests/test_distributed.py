@@ -219,6 +219,27 @@ def test_a_hung_rank_ends_the_run_after_dist_timeout_s(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp_resume_passes_over_a_checkpoint_with_a_damaged_shard(data_dir, tmp_path):
+    """FSDP on 2 processes: each rank's shard file is checksummed in meta.pt. Bytes flipped in the middle of
+    rank 1's shard of the latest checkpoint, or that shard cut short: the resume (auto) names it on stderr and
+    continues from the previous checkpoint."""
+    args = ["--eval_interval=4", "--eval_sequences=16", "--fsdp=True"]
+    tiny(data_dir, tmp_path / "run", "--max_iters=8", *args, nproc=2)
+    meta = torch.load(tmp_path / "run" / "ckpt_0000008.dcp" / "meta.pt", weights_only=True)
+    assert sorted(meta["shard_checksums"]) == ["__0_0.distcp", "__1_0.distcp"]
+    for damage in ("flipped", "truncated"):
+        out = shutil.copytree(tmp_path / "run", tmp_path / damage, symlinks=True)
+        shard = out / "ckpt_0000008.dcp" / "__1_0.distcp"
+        data = bytearray(shard.read_bytes())
+        if damage == "flipped":
+            data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data if damage == "flipped" else data[:-8]))
+        proc = tiny(data_dir, out, "--max_iters=8", *args, nproc=2)
+        assert "__1_0.distcp fail their checksums" in proc.stderr and "trying the previous" in proc.stderr, damage
+        assert "at iteration 4" in proc.stdout and (out / "ckpt_0000008.dcp").is_dir(), damage
+
+
+@pytest.mark.slow
 def test_fsdp_reproduces_one_process(data_dir, straight_run, tmp_path):
     """FSDP2 shards parameters, gradients and optimizer state over 2 ranks, yet takes the steps of 1 process (the
     rank without a Hessian micro-batch joins with a dummy pass), up to the rounding of sharded sums (see the
