@@ -50,20 +50,12 @@ class Checkpointer:
         cfg = self.cfg
         if cfg.init_from == "resume":
             checkpoint.require_checkpoint(cfg.out_dir)      # before anything is created there
-        if self.run.master:
-            # the lock comes before anything is written or decided: a second run must not see a half-written
-            # first one. Under torchrun a refused master exits with the error and torchrun stops the other ranks
-            # (they wait in the model's broadcast, with the collectives' timeout as the bound)
-            try:
-                os.makedirs(cfg.out_dir, exist_ok=True)
-                self.lock = OutDirLock(cfg.out_dir)
-                probe = os.path.join(cfg.out_dir, f".write_test{os.getpid()}")
-                with open(probe, "w") as f:
-                    f.write("ok")
-                os.remove(probe)
-            except OSError as err:
-                raise UserError(f"out_dir {cfg.out_dir!r} is not writable ({err.strerror}); "
-                                f"pass a writable --out_dir") from None
+        refusal = self._lock_out_dir() if self.run.master else None
+        # every rank learns the master's outcome and a refusal ends them all alike, with one error line (without
+        # this the other ranks would die in their first collective with a traceback once the master left)
+        refusal = self.run.gather_objects(refusal)[0]
+        if refusal is not None:
+            raise UserError(refusal)
         saved = checkpoint.has_checkpoint(cfg.out_dir)
         if cfg.init_from == "scratch" and saved:
             raise UserError(f"out_dir {cfg.out_dir!r} already holds a run's checkpoints; continue it with "
@@ -71,6 +63,23 @@ class Checkpointer:
                             f"(delete the folder to start over)")
         self.resuming = cfg.init_from == "resume" or (cfg.init_from == "auto" and saved)
         return not self.resuming
+
+    def _lock_out_dir(self):
+        """Master: create out_dir, lock it, check that it is writable. The lock comes before anything is written or
+        decided, so that a second run never sees a half-written first one. Returns the refusal's message, or None."""
+        out_dir = self.cfg.out_dir
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            self.lock = OutDirLock(out_dir)
+            probe = os.path.join(out_dir, f".write_test{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except UserError as err:
+            return str(err)
+        except OSError as err:
+            return f"out_dir {out_dir!r} is not writable ({err.strerror}); pass a writable --out_dir"
+        return None
 
     def release(self):
         """Unlock out_dir (at the end of the run; the OS does it if the process dies first)."""

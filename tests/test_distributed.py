@@ -240,6 +240,27 @@ def test_fsdp_resume_passes_over_a_checkpoint_with_a_damaged_shard(data_dir, tmp
 
 
 @pytest.mark.slow
+def test_a_locked_out_dir_under_torchrun_ends_at_once(data_dir, tmp_path):
+    """Rank 0 alone takes out_dir's lock; refused, it exits with the error while rank 1 waits in its first
+    collective, and torchrun stops rank 1: one error line naming the holder, no hang."""
+    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('otherhost 4242\\n'); f.flush(); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        start = time.perf_counter()
+        proc = tiny(data_dir, tmp_path, "--max_iters=2", nproc=2, check=False, timeout=120)
+        assert time.perf_counter() - start < 60 and proc.returncode != 0
+        error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(error_lines) == 1 and "is in use by another run (host otherhost, pid 4242" in error_lines[0]
+        assert "[rank1]: Traceback" not in proc.stderr, proc.stderr[-3000:]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow
 def test_fsdp_reproduces_one_process(data_dir, straight_run, tmp_path):
     """FSDP2 shards parameters, gradients and optimizer state over 2 ranks, yet takes the steps of 1 process (the
     rank without a Hessian micro-batch joins with a dummy pass), up to the rounding of sharded sums (see the
