@@ -372,9 +372,9 @@ def collective_failed_message(err, cfg, iter_num, rank):
     call = f" in {frames[-1].line}" if frames and frames[-1].line else ""
     text = " ".join(str(err).split())[:300]
     return (f"rank {rank}: a collective failed at iteration {iter_num}{call} ({type(err).__name__}: {text}); "
-            f"another rank hung or died (its output says why). dist_timeout_s={cfg.dist_timeout_s:g} bounds the wait: raise it "
-            f"if one rank may work alone longer (a large checkpoint, eval_tasks). Checkpoints on disk are intact; "
-            f"the same command resumes from the latest")
+            f"another rank hung or died (its output says why). dist_timeout_s={cfg.dist_timeout_s:g} bounds the "
+            f"wait: raise it if one rank may work alone longer (a large checkpoint, eval_tasks). Checkpoints on disk "
+            f"are intact; the same command resumes from the latest")
 
 
 def out_of_memory_message(err, cfg, iter_num, device):
