@@ -18,7 +18,8 @@ iteration, whatever the world size), model, init, schedule, clipping, precision 
 Who does what: optimizers.py builds the optimizer, hessian.py refreshes Sophia's Hessian, metrics.py records the
 run (metrics.jsonl, wandb), resume.py saves and restores it (checkpoint.py's formats), parallel.py spreads it over
 processes. Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints and, with wandb_log=True, a
-wandb run that a resumed run continues.
+wandb run that a resumed run continues. The same command run again (after a crash, a preemption, torchrun's
+restart) continues from the latest checkpoint: init_from=auto, the default.
 """
 
 if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
