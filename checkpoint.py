@@ -37,6 +37,7 @@ import random
 import re
 import shutil
 import sys
+import threading
 import warnings
 import zlib
 
@@ -141,6 +142,58 @@ def save(out_dir, checkpoint, *, keep_last, is_best):
         _atomic_link(path, os.path.join(out_dir, BEST))
     _remove_old(out_dir, keep_last)
     return path
+
+
+class BackgroundSave:
+    """At most one checkpoint write in flight on a background thread (async_checkpoint=True). The caller hands it
+    a copy of the state in host memory (to_host), so training may change the weights meanwhile; the file is
+    renamed into place only when complete (save()'s atomic write), so a kill during the write leaves the previous
+    checkpoint the latest. wait() blocks until the write is done and raises its error there."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def start(self, write):
+        self.wait()             # one in flight: the next save waits for the previous one
+
+        def run():
+            try:
+                write()
+            except BaseException as err:    # raised again in the training thread, by wait()
+                self.error = err
+        self.thread = threading.Thread(target=run, name="checkpoint-save")
+        self.thread.start()
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+def to_host(obj, pin=False):
+    """obj with every tensor copied to host memory (pinned when `pin`: CUDA copies it asynchronously, then one
+    synchronize), a snapshot that later steps do not change."""
+    copies = []
+
+    def copy(value):
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "cpu":
+                return value.detach().clone()
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=pin)
+            copies.append(host.copy_(value.detach(), non_blocking=pin))
+            return host
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy(v) for v in value)
+        return value
+    result = copy(obj)
+    if pin and copies:
+        torch.cuda.synchronize()
+    return result
 
 
 def _remove_old(out_dir, keep_last):

@@ -8,6 +8,7 @@ against this run, its state restored, and new checkpoints saved. What a checkpoi
     ckpt = checkpoints.load(raw_model, model_args)          # when checkpoints.resuming, before the model is wrapped
     checkpoints.restore(ckpt, raw_model, optimizer, scaler, state)   # after the optimizer is built
     checkpoints.save(raw_model, optimizer, scaler, state, model_args, code, is_best)
+    checkpoints.wait()                                      # async_checkpoint: until the write in flight is done
 
 A resume may change how a run runs and is observed, never what it computes: the keys in the config class's
 RESUMABLE_KEYS (train.py) change freely; any other changed key is refused unless --resume_override names it; the
@@ -42,6 +43,7 @@ class Checkpointer:
         self.cfg, self.run, self.derived = cfg, run, set(derived)
         self.resumed_from, self.overrides = None, {}
         self.resuming, self.lock = False, None
+        self.background = checkpoint.BackgroundSave()
 
     def prepare_out_dir(self):
         """Lock out_dir (master), refuse a fresh run over saved checkpoints and a resume without any; the master
@@ -141,6 +143,20 @@ class Checkpointer:
         else:
             ckpt = checkpoint.make(model=model, optimizer=optimizer_state, **parts)
             needed = sum(t.nbytes for _, t in checkpoint._tensors(ckpt))
+            if cfg.async_checkpoint:    # a snapshot in host memory, written while training goes on
+                self.background.wait()      # the previous write first: one snapshot in memory at a time
+                ckpt, iter_num = checkpoint.to_host(ckpt, pin=run.device.type == "cuda"), state.iter_num
+                self.background.start(lambda: self._write(ckpt, None, needed, iter_num, is_best))
+                return
+        self._write(ckpt, tensors if run.fsdp else None, needed, state.iter_num, is_best)
+
+    def wait(self):
+        """Until a background save (async_checkpoint) is complete; its error is raised here."""
+        self.background.wait()
+
+    def _write(self, ckpt, tensors, needed, iter_num, is_best):
+        """The checkpoint to disk (FSDP: `tensors`, this rank's shards); a full disk is one UserError."""
+        run, cfg = self.run, self.cfg
         try:
             if run.fsdp:
                 path = checkpoint.save_sharded(cfg.out_dir, ckpt, tensors, keep_last=cfg.keep_last,
@@ -152,8 +168,8 @@ class Checkpointer:
             if not disk_full(err, needed, free):
                 raise
             if run.fsdp and run.master:     # the unfinished directory (a file's temporary is already gone)
-                shutil.rmtree(checkpoint.numbered_dir(cfg.out_dir, state.iter_num) + ".tmp", ignore_errors=True)
-            raise UserError(f"cannot write the checkpoint of iteration {state.iter_num} to out_dir {cfg.out_dir!r}: "
+                shutil.rmtree(checkpoint.numbered_dir(cfg.out_dir, iter_num) + ".tmp", ignore_errors=True)
+            raise UserError(f"cannot write the checkpoint of iteration {iter_num} to out_dir {cfg.out_dir!r}: "
                             f"the disk is full ({needed / 2**20:,.1f} MiB needed, {free / 2**20:,.1f} MiB free); "
                             f"the previous checkpoint is intact. Free space there (or lower --keep_last), then run "
                             f"the same command again: it resumes from the previous checkpoint") from None

@@ -71,6 +71,9 @@ class TrainConfig:
     eval_tasks_data: str | None = None      # offline task files, as eval.py's --task_data; None: lm-eval's hub
     always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
+    async_checkpoint: bool = False          # write checkpoints on a background thread from a copy in host memory
+                                            # (one in flight; the run waits for it at the next save and at exit).
+                                            # Single-file format only (DDP, 1 process); FSDP saves stay synchronous
     init_from: Literal["auto", "scratch", "resume"] = "auto"   # auto: resume when out_dir holds a checkpoint, else
                                             # start fresh (the same command continues after a crash, torchrun's
                                             # restart or a requeue); scratch refuses an out_dir with checkpoints
@@ -159,10 +162,10 @@ class TrainConfig:
     # at None follows.
     RESUMABLE_KEYS = frozenset({
         "out_dir", "eval_interval", "log_interval", "eval_iters", "eval_sequences", "eval_only",
-        "always_save_checkpoint", "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit",
-        "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "wandb_init_timeout", "data_dir",
-        "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size", "nonfinite",
-        "device", "dtype", "compile", "threads", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size",
+        "always_save_checkpoint", "keep_last", "async_checkpoint", "init_from", "resume_override", "eval_tasks",
+        "eval_tasks_limit", "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "wandb_init_timeout",
+        "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size",
+        "nonfinite", "device", "dtype", "compile", "threads", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size",
         "fsdp_mixed_precision", "activation_checkpointing"})
     NEVER_OVERRIDDEN = frozenset({"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
                                   "bias", "parallel_block", "rotary_dim", "tie_embeddings"})
@@ -588,8 +591,11 @@ class Trainer:
             raise UserError(out_of_memory_message(err, self.cfg, self.state.iter_num, self.run.device)) from None
         finally:
             self.stop.restore()
-            self.metrics.finish()
-            self.checkpoints.release()
+            try:
+                self.checkpoints.wait()     # a background save: the run ends once its file is in place
+            finally:
+                self.metrics.finish()
+                self.checkpoints.release()
 
     def _train(self):
         cfg, run, state = self.cfg, self.run, self.state

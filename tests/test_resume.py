@@ -175,3 +175,52 @@ def test_a_real_full_filesystem_stops_cleanly_and_resumes_once_there_is_room(dat
         assert checkpoint.load(str(small / "run" / "ckpt.pt"))["iter_num"] == 4
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_async_checkpoints_equal_synchronous_ones(run_of_8, data_dir, tmp_path, one_thread):
+    """async_checkpoint=True writes from a host copy on a background thread: the same losses and the same saved
+    tensors (checksums checked on load) as the synchronous run_of_8, and the run resumes from them."""
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=8", "--eval_interval=4", "--eval_sequences=16",
+                         "--keep_last=3", "--async_checkpoint=True"))
+    assert_same(events(run_of_8), events(tmp_path), range(8))
+    for name in ("ckpt_0000004.pt", "ckpt_0000008.pt"):
+        mine, theirs = checkpoint.load(str(tmp_path / name)), checkpoint.load(str(run_of_8 / name))
+        assert mine["iter_num"] == theirs["iter_num"]
+        for key, value in theirs["model"].items():
+            assert torch.equal(mine["model"][key], value), (name, key)
+        for index, state in theirs["optimizer"]["state"].items():
+            for key, value in state.items():
+                assert torch.equal(mine["optimizer"]["state"][index][key], value), (name, index, key)
+
+
+def test_training_goes_on_during_a_background_write_and_a_kill_then_keeps_the_previous(data_dir, tmp_path,
+                                                                                       monkeypatch, one_thread):
+    """The write of the checkpoint at 8 is held until the loop has logged iteration 10 (training went on); at
+    that instant, what a SIGKILL would leave on disk is checked: the checkpoint at 4 is the latest, the partial
+    file only under a temporary name. Then the write completes and the run ends with its checkpoint at 12."""
+    import threading
+    real_save, logged_10, seen = torch.save, threading.Event(), {}
+
+    def held_save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("iter_num") == 8:
+            f.write(b"partial")
+            f.flush()
+            seen["training went on"] = logged_10.wait(timeout=120)
+            seen["latest"] = checkpoint.load_latest(str(tmp_path))[0]["iter_num"]
+            seen["temporaries"] = [p.name for p in tmp_path.glob("ckpt_0000008.pt.tmp*")]
+            f.seek(0)
+            f.truncate()
+        return real_save(obj, f, *args, **kwargs)
+    log_step = train.Trainer._log_step
+
+    def logging(self, iter_num, *args):
+        log_step(self, iter_num, *args)
+        if iter_num == 10:
+            logged_10.set()
+    monkeypatch.setattr(torch, "save", held_save)
+    monkeypatch.setattr(train.Trainer, "_log_step", logging)
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=12", "--eval_interval=4", "--eval_sequences=8",
+                         "--async_checkpoint=True"))
+    assert seen == {"training went on": True, "latest": 4, "temporaries": [seen["temporaries"][0]]}
+    assert checkpoint.load(str(tmp_path / "ckpt_0000008.pt"))["iter_num"] == 8
+    assert checkpoint.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 12
