@@ -11,7 +11,7 @@ out_dir/
                       rank writes its own shards (__<rank>_0.distcp), rank 0 the index (.metadata) and the
                       non-tensor parts (meta.pt); no rank gathers the full model or optimizer state
     ckpt.pt           the latest: a hard link to the newest file, or a symbolic link to the newest directory;
-                      --init_from=resume reads it
+                      a resume (init_from=auto, the default, or resume) reads it
     ckpt_best.pt      the one with the lowest val loss so far (likewise)
 The newest `keep_last` numbered checkpoints are kept (and the one ckpt_best.pt names). Either format resumes on
 any number of processes, with or without FSDP; eval.py, sample.py and export_hf.py read both, and
@@ -23,7 +23,8 @@ leaves the previous checkpoint the latest. Loading runs no foreign code: files l
 torch.load(weights_only=True); DCP's pickled index is read admitting only DCP's metadata classes, and a
 sharded checkpoint holds tensors only (its other parts are in meta.pt). Every tensor of a file (and of meta.pt)
 is checksummed (CRC-32) when saved and checked when loaded, so an altered file is refused, not trained from;
-resuming then falls back to the previous checkpoint and says so. (DCP's shard files carry no checksums.)
+resuming then falls back to the previous checkpoint and says so. A sharded checkpoint's shard files are
+checksummed whole: each rank its own, recorded by rank 0 in meta.pt, all checked before any is read.
 
 For inference (eval.py, sample.py, export_hf.py): load_model() builds the checkpoint's GPT, dataset_dir() finds
 the data it was trained on and load_tokenizer() the tokenizer that data was made with.
@@ -36,6 +37,7 @@ import random
 import re
 import shutil
 import sys
+import threading
 import warnings
 import zlib
 
@@ -55,6 +57,7 @@ LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
 SHARDED, META = ".dcp", "meta.pt"     # a sharded checkpoint: ckpt_<iter>.dcp/, its non-tensor parts in meta.pt
 FORMAT = "sophia-gpt-checkpoint"
 CHECKSUMS = "checksums"     # {path of a tensor in the checkpoint: CRC-32 of its bytes}
+SHARD_CHECKSUMS = "shard_checksums"     # in meta.pt: {shard file name: CRC-32 of the file}
 
 
 def numbered(out_dir, iter_num):
@@ -139,6 +142,58 @@ def save(out_dir, checkpoint, *, keep_last, is_best):
         _atomic_link(path, os.path.join(out_dir, BEST))
     _remove_old(out_dir, keep_last)
     return path
+
+
+class BackgroundSave:
+    """At most one checkpoint write in flight on a background thread (async_checkpoint=True). The caller hands it
+    a copy of the state in host memory (to_host), so training may change the weights meanwhile; the file is
+    renamed into place only when complete (save()'s atomic write), so a kill during the write leaves the previous
+    checkpoint the latest. wait() blocks until the write is done and raises its error there."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def start(self, write):
+        self.wait()             # one in flight: the next save waits for the previous one
+
+        def run():
+            try:
+                write()
+            except BaseException as err:    # raised again in the training thread, by wait()
+                self.error = err
+        self.thread = threading.Thread(target=run, name="checkpoint-save")
+        self.thread.start()
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+def to_host(obj, pin=False):
+    """obj with every tensor copied to host memory (pinned when `pin`: CUDA copies it asynchronously, then one
+    synchronize), a snapshot that later steps do not change."""
+    copies = []
+
+    def copy(value):
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "cpu":
+                return value.detach().clone()
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=pin)
+            copies.append(host.copy_(value.detach(), non_blocking=pin))
+            return host
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy(v) for v in value)
+        return value
+    result = copy(obj)
+    if pin and copies:
+        torch.cuda.synchronize()
+    return result
 
 
 def _remove_old(out_dir, keep_last):
@@ -294,7 +349,14 @@ def save_sharded(out_dir, ckpt, tensors, *, keep_last, is_best):
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save(tensors, storage_writer=FileSystemWriter(tmp, thread_count=1, sync_files=True),
                  no_dist=not distributed)
+    # each rank checksums the shard files it wrote (DCP names them __<rank>_<n>.distcp); rank 0 keeps them all
+    mine = {os.path.basename(f): file_crc32(f)
+            for f in glob.glob(os.path.join(tmp, f"__{rank}_*.distcp" if distributed else "__*.distcp"))}
+    every = [None] * dist.get_world_size() if distributed else [mine]
+    if distributed:
+        dist.all_gather_object(every, mine)
     if rank == 0:       # dcp.save returns on rank 0 once every rank's files are written and .metadata is
+        ckpt[SHARD_CHECKSUMS] = {name: crc for part in every for name, crc in part.items()}
         ckpt[CHECKSUMS] = checksums(ckpt)
         atomic_save(ckpt, os.path.join(tmp, META))
         if os.path.isdir(final):    # the same iteration saved again (a resumed run's last checkpoint)
@@ -312,6 +374,15 @@ def save_sharded(out_dir, ckpt, tensors, *, keep_last, is_best):
     if distributed:
         dist.barrier()      # no rank resumes or exits before the checkpoint is complete
     return final
+
+
+def file_crc32(path):
+    """CRC-32 of a file's bytes, read in 4 MiB pieces (~1-3 GB/s)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _atomic_symlink(target, dst):
@@ -368,6 +439,12 @@ def _sharded_metadata(path):
     if missing:
         raise UserError(f"sharded checkpoint {path} is missing its shard file(s) {', '.join(missing[:3])}; it was "
                         f"copied or deleted in part: delete it or pick another checkpoint")
+    # every shard, before any is read (checkpoints written before shards were checksummed have none)
+    damaged = [name for name, crc in sorted(ckpt.get(SHARD_CHECKSUMS, {}).items())
+               if not os.path.isfile(os.path.join(path, name)) or file_crc32(os.path.join(path, name)) != crc]
+    if damaged:
+        raise UserError(f"sharded checkpoint {path} is damaged: its shard file(s) {', '.join(damaged[:3])} fail "
+                        f"their checksums (truncated or altered on disk); delete it or pick another checkpoint")
     return ckpt, index
 
 
@@ -401,6 +478,7 @@ def _load_sharded_full(path):
     tensors = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in index.items()}
     _read_shards(path, tensors, alone=True)
     layout = ckpt.pop("sharded")
+    ckpt.pop(SHARD_CHECKSUMS, None)         # of the shard files, which a single file no longer has
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     for alias, source in layout["aliases"].items():
         model[alias] = model[source]        # a tied weight: one tensor under both names, as in a file

@@ -66,6 +66,8 @@ def resolve_dtype(name, device):
         return name
     if device_type(device) != "cuda":
         return "float32"
+    if not torch.cuda.is_available():   # reading the capability would end in an AssertionError traceback
+        checked_device(str(device))     # raises the UserError naming the fix
     return "bfloat16" if has_native_bf16(device) else "float16"
 
 

@@ -4,7 +4,8 @@ and which code and data produced it.
 
     log = MetricsLog(cfg, run)
     log.set_aside_old()                 # a fresh run: an earlier run's metrics.jsonl (with no checkpoint) is kept
-    log.start(state, config, ...)       # wandb (continuing a resumed run's), then the "run" event
+    log.start(state, config, ...)       # a resume: metrics.jsonl cut back to the checkpoint, a "restart" event;
+                                        # wandb (continuing a resumed run's), then the "run" event
     log.log("train", iter_num, {...})   # master only; wandb's names (train/loss, val/loss, lr, train/win_rate)
     log.finish()
     window = TimingWindow(device); window.add(refreshed); wall, compiling, cpu = window.close()
@@ -49,6 +50,31 @@ class MetricsLog:
         self.run.print(f"moved the metrics.jsonl of an earlier run in {self.cfg.out_dir} that wrote no checkpoint "
                        f"to {kept}")
 
+    def cut_back(self, resumed_from, restarts):
+        """On resume: the rows an earlier attempt logged from the resumed iteration on are run again, so
+        metrics.jsonl is rewritten (atomically) without them; "run" and "restart" events stay. Then a "restart"
+        event. A last line cut short by a kill is dropped too."""
+        kept, dropped = [], 0
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        dropped += 1
+                        continue
+                    if record.get("event") in ("run", "restart") or record.get("iter", 0) < resumed_from:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                    else:
+                        dropped += 1
+            tmp = f"{self.path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        self.log("restart", resumed_from, dict(restarts=restarts, rows_dropped=dropped))
+
     def log(self, event, iter_num, values):
         """One JSON line in metrics.jsonl (master only), and wandb when on."""
         if not self.run.master:
@@ -56,34 +82,61 @@ class MetricsLog:
         record = {"event": event, "iter": iter_num, **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")   # NaN / Inf are written as null
-        if self.wandb is not None and event != "run":
-            self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
+        if self.wandb is not None and event not in ("run", "restart"):
+            try:
+                self.wandb.log({k: v for k, v in values.items() if v is not None}, step=iter_num)
+            except Exception as err:    # logging never costs the run: metrics.jsonl has every row
+                self.wandb_failed("log", err)
+
+    def wandb_failed(self, what, err):
+        """wandb is off from here on, said in one line on stderr."""
+        self.wandb = None
+        text = " ".join(str(err).split())[:200]
+        print(f"warning: wandb {what} failed ({type(err).__name__}: {text}); continuing without wandb "
+              f"(metrics.jsonl has every row). Without network, run with WANDB_MODE=offline and `wandb sync` "
+              f"{os.path.join(self.cfg.out_dir, 'wandb')} later", file=sys.stderr, flush=True)
 
     def start(self, state, config, *, resumed_from, resume_overrides, fingerprint, code):
         """wandb (a resumed run continues the checkpoint's wandb run: its id is in `state`), then the "run" event:
         the config, where it resumed from, the world size, the code's versions and the init/data fingerprint."""
         cfg, run = self.cfg, self.run
+        if run.master and resumed_from is not None:
+            self.cut_back(resumed_from, state.restarts)
         if run.master and cfg.wandb_log:
             try:
                 import wandb
             except ImportError:
                 raise UserError("wandb_log=True needs the wandb package: pip install wandb") from None
             state.wandb_run_id = state.wandb_run_id or secrets.token_hex(4)   # kept in checkpoints
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=state.wandb_run_id,
-                                    resume="allow", config=config, dir=cfg.out_dir)
+            # an unreachable server: init retries for init_timeout seconds, then raises; the run goes on without
+            # wandb. (A resume re-logs the steps after the checkpoint: wandb's resume="allow" ignores a step it
+            # has seen; its rewind, resume_from, is a private preview, so not used: docs/metrics.md)
+            try:
+                self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=state.wandb_run_id,
+                                        resume="allow", config=config, dir=cfg.out_dir,
+                                        settings=wandb.Settings(init_timeout=cfg.wandb_init_timeout))
+            except Exception as err:
+                self.wandb_failed("init", err)
         if resume_overrides:
             run.print("resuming with changed settings (--resume_override): " + ", ".join(
                 f"{k} {old!r} -> {new!r}" for k, (old, new) in resume_overrides.items()))
             if self.wandb is not None:
-                self.wandb.config.update({f"resume_override/{resumed_from}": resume_overrides},
-                                         allow_val_change=True)
+                try:
+                    self.wandb.config.update({f"resume_override/{resumed_from}": resume_overrides},
+                                             allow_val_change=True)
+                except Exception as err:
+                    self.wandb_failed("config update", err)
         self.log("run", state.iter_num, dict(name=cfg.wandb_run_name, config=config, resumed_from=resumed_from,
-                                             world_size=run.world, resume_overrides=resume_overrides or None,
+                                             restarts=state.restarts, world_size=run.world,
+                                             resume_overrides=resume_overrides or None,
                                              code=code, **fingerprint))
 
     def finish(self):
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.finish()
+            except Exception as err:
+                self.wandb_failed("finish", err)
 
 
 def fingerprint(raw_model, dataset, fresh, run):

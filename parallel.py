@@ -13,6 +13,7 @@ Under torchrun a world of one process also goes through the process group and th
 tests cover this file on one process.
 """
 
+import datetime
 import math
 import os
 import types
@@ -57,7 +58,9 @@ class Run:
         if self.distributed:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None)
+            # the timeout bounds every collective's wait for a hung rank (train.py's dist_timeout_s says why 600 s)
+            dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None,
+                                    timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
         devices.configure(self.device)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)

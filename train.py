@@ -18,7 +18,8 @@ iteration, whatever the world size), model, init, schedule, clipping, precision 
 Who does what: optimizers.py builds the optimizer, hessian.py refreshes Sophia's Hessian, metrics.py records the
 run (metrics.jsonl, wandb), resume.py saves and restores it (checkpoint.py's formats), parallel.py spreads it over
 processes. Outputs in out_dir: metrics.jsonl (one JSON object per event), checkpoints and, with wandb_log=True, a
-wandb run that a resumed run continues.
+wandb run that a resumed run continues. The same command run again (after a crash, a preemption, torchrun's
+restart) continues from the latest checkpoint: init_from=auto, the default.
 """
 
 if __name__ == "__main__":   # Ctrl-C while torch loads: exit with status 130, quietly (run_cli takes over after)
@@ -32,6 +33,8 @@ import os
 import re
 import signal
 import sys
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,14 +72,22 @@ class TrainConfig:
     eval_tasks_data: str | None = None      # offline task files, as eval.py's --task_data; None: lm-eval's hub
     always_save_checkpoint: bool = True     # checkpoint at every eval, not only when val loss improves
     keep_last: int = 2                      # numbered checkpoints kept (ckpt.pt and ckpt_best.pt besides)
-    init_from: str = "scratch"              # scratch, resume, or hf:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>: a
-                                            # pretrained GPT-2 (Hub or local GPT2LMHeadModel dir) as a new run
+    async_checkpoint: bool = False          # write checkpoints on a background thread from a copy in host memory
+                                            # (one in flight; the run waits for it at the next save and at exit).
+                                            # Single-file format only (DDP, 1 process); FSDP saves stay synchronous
+    init_from: str = "auto"                 # auto: resume when out_dir holds a checkpoint, else start fresh (the same
+                                            # command continues after a crash, torchrun's restart or a requeue);
+                                            # scratch refuses an out_dir with checkpoints; resume requires one;
+                                            # hf:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>: start from a pretrained
+                                            # GPT-2 (Hub or local GPT2LMHeadModel dir), or continue as auto does
     resume_override: str | None = None      # on resume: experiment keys allowed to differ from the checkpoint's,
                                             # comma-separated (e.g. "rho,learning_rate"); see RESUMABLE_KEYS below
     # wandb
     wandb_log: bool = False
     wandb_project: str = "sophia"
     wandb_run_name: str = "gpt2"
+    wandb_init_timeout: float = 60.0        # seconds wandb.init may wait for its server; then the run goes on
+                                            # without wandb (one warning; metrics.jsonl has everything)
     # data
     dataset: str = "openwebtext"            # data/<dataset>/train.bin, val.bin (+ meta.json)
     data_dir: str | None = None             # None: data/<dataset> next to this file
@@ -133,6 +144,9 @@ class TrainConfig:
                                             # 1 on a shared or busy machine, where tiny models on contended
                                             # threads run many times slower
     backend: str | None = None              # None: nccl on CUDA, gloo on CPU
+    dist_timeout_s: float = 600.0           # under torchrun: a collective that waits longer for a hung rank fails
+                                            # (NCCL's default, 10 min; gloo's is 30). It must exceed the longest
+                                            # time one rank works alone: rank 0's checkpoint write and eval_tasks
     fsdp: bool = False                      # under torchrun: shard parameters, gradients and optimizer state
                                             # over the processes (FSDP2) instead of replicating them (DDP)
     fsdp_shard_size: int | None = None      # FSDP: shard within groups of this many processes and replicate across
@@ -151,11 +165,11 @@ class TrainConfig:
     # at None follows.
     RESUMABLE_KEYS = frozenset({
         "out_dir", "eval_interval", "log_interval", "eval_iters", "eval_sequences", "eval_only",
-        "always_save_checkpoint", "keep_last", "init_from", "resume_override", "eval_tasks", "eval_tasks_limit",
-        "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "data_dir", "batch_size",
-        "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size", "nonfinite", "device",
-        "dtype", "compile", "threads", "backend", "fsdp", "fsdp_shard_size", "fsdp_mixed_precision",
-        "activation_checkpointing"})
+        "always_save_checkpoint", "keep_last", "async_checkpoint", "init_from", "resume_override", "eval_tasks",
+        "eval_tasks_limit", "eval_tasks_data", "wandb_log", "wandb_project", "wandb_run_name", "wandb_init_timeout",
+        "data_dir", "batch_size", "gradient_accumulation_steps", "max_iters", "optimizer_impl", "hess_batch_size",
+        "nonfinite", "device", "dtype", "compile", "threads", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size",
+        "fsdp_mixed_precision", "activation_checkpointing"})
     NEVER_OVERRIDDEN = frozenset({"optimizer_name", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
                                   "bias", "parallel_block", "rotary_dim", "tie_embeddings"})
     DERIVED_FROM = {"min_lr": "learning_rate", "lr_decay_iters": "max_iters", "hess_total_bs": "total_bs"}
@@ -164,7 +178,7 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------------
 # configuration checks
 
-INIT_FROM = ("scratch", "resume")      # init_from's plain values; besides them, hf:<Hub name or directory>
+INIT_FROM = ("auto", "scratch", "resume")   # init_from's plain values; besides them, hf:<Hub name or directory>
 
 
 def resolve(cfg, world_size):
@@ -198,6 +212,10 @@ def resolve(cfg, world_size):
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be a positive integer, got {getattr(cfg, key)}")
+    if cfg.dist_timeout_s <= 0:
+        raise UserError(f"dist_timeout_s must be > 0 seconds, got {cfg.dist_timeout_s}")
+    if cfg.wandb_init_timeout <= 0:
+        raise UserError(f"wandb_init_timeout must be > 0 seconds, got {cfg.wandb_init_timeout}")
     for key in ["warmup_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip", "rho", "dropout"]:
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
@@ -277,6 +295,7 @@ class TrainState:
     compile_time: float = 0.0
     cpu_time: float = 0.0
     wandb_run_id: str | None = None    # a resumed run continues its wandb run
+    restarts: int = 0                  # resumes so far (explicit, or automatic after a crash / torchrun restart)
     diagnostics: dict = dataclasses.field(default_factory=dict)   # Sophia's, from the last Hessian refresh
 
     def state_dict(self):
@@ -317,6 +336,24 @@ class StopRequest:
         return like.new_full((), float(self.signal is not None))
 
 
+def crash_for_tests(rank):
+    """A test hook (tests/test_distributed.py: torchrun's restart, a hung rank): SOPHIA_TEST_CRASH="<rank>:<iter>:
+    <marker file>" makes that rank kill itself with SIGKILL at the start of that iteration, once: only while the
+    marker file does not exist (crash_now creates it first, so the restarted run goes on); SOPHIA_TEST_HANG=1
+    makes it sleep 120 s there instead, a hung rank. The iteration, or None."""
+    spec = os.environ.get("SOPHIA_TEST_CRASH", "").split(":", 2)
+    if len(spec) != 3 or int(spec[0]) != rank or os.path.exists(spec[2]):
+        return None
+    return int(spec[1])
+
+
+def crash_now():
+    open(os.environ["SOPHIA_TEST_CRASH"].split(":", 2)[2], "w").close()
+    if os.environ.get("SOPHIA_TEST_HANG"):
+        time.sleep(120)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def nonfinite_step(cfg, iter_num, loss, grad_norm, fp16, run):
     """A step with a NaN/Inf loss or gradient: an fp16 loss-scale overflow passes (the GradScaler skipped the
     step); otherwise stop with the last good checkpoint named, or, with nonfinite=skip, say the step was skipped."""
@@ -333,6 +370,24 @@ def is_out_of_memory(err):
     """torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
     text = str(err)
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def is_collective_failure(err):
+    """A collective that timed out (a hung rank) or lost its peer (a dead one): NCCL raises DistError, gloo a
+    plain RuntimeError ("Timed out waiting 600000ms for recv operation", "Connection closed by peer")."""
+    return isinstance(err, dist.DistError) or re.search(r"timed out|connection (closed|reset)", str(err), re.I)
+
+
+def collective_failed_message(err, cfg, iter_num, rank):
+    """This rank, the iteration, the collective (the innermost Python call, e.g. dist.all_reduce(tensor); NCCL's
+    own text names it too: OpType=ALLREDUCE) and torch's words."""
+    frames = traceback.extract_tb(err.__traceback__)
+    call = f" in {frames[-1].line}" if frames and frames[-1].line else ""
+    text = " ".join(str(err).split())[:300]
+    return (f"rank {rank}: a collective failed at iteration {iter_num}{call} ({type(err).__name__}: {text}); "
+            f"another rank hung or died (its output says why). dist_timeout_s={cfg.dist_timeout_s:g} bounds the "
+            f"wait: raise it if one rank may work alone longer (a large checkpoint, eval_tasks). Checkpoints on disk "
+            f"are intact; the same command resumes from the latest")
 
 
 def out_of_memory_message(err, cfg, iter_num, device):
@@ -397,6 +452,14 @@ class Trainer:
             self.tokenizer = tokenizer_from_meta(data_dir)
         self.sampler = Sampler(self.dataset, cfg.batch_size, run.rank, run.world, run.device)
         self.checkpoints, self.metrics = Checkpointer(cfg, run, derived), MetricsLog(cfg, run)
+        try:
+            self._set_up(cfg, run, grad_accum)
+        except BaseException:
+            self.checkpoints.release()      # a run that never started leaves its out_dir free at once
+            raise
+
+    def _set_up(self, cfg, run, grad_accum):
+        """Everything after the Checkpointer, which may hold out_dir's lock from here on."""
         if self.checkpoints.prepare_out_dir() and run.master:
             self.metrics.set_aside_old()
 
@@ -415,11 +478,11 @@ class Trainer:
             self.raw_model = GPT(GPTConfig(**self.model_args)).to(run.device)
         except ValueError as err:
             raise UserError(str(err)) from None
-        if cfg.init_from.startswith("hf:"):    # a pretrained GPT-2's weights; a fresh optimizer (a new run)
-            load_hf_weights(self.raw_model, cfg.init_from[3:])
+        if cfg.init_from.startswith("hf:") and not self.checkpoints.resuming:   # a pretrained GPT-2's weights,
+            load_hf_weights(self.raw_model, cfg.init_from[3:])                  # a fresh optimizer
         torch.manual_seed(derive_seed(cfg.seed, run.rank))   # dropout: a different stream on every rank
         self.state = TrainState()
-        ckpt = self.checkpoints.load(self.raw_model, self.model_args) if cfg.init_from == "resume" else None
+        ckpt = self.checkpoints.load(self.raw_model, self.model_args) if self.checkpoints.resuming else None
         # self.model runs forward/backward (it syncs gradients), self.local_model the passes that sum their own
         # (parallel.Run.wrap); raw_model holds the parameters (FSDP: sharded in place)
         self.model, self.local_model = run.wrap(self.raw_model)
@@ -431,6 +494,7 @@ class Trainer:
                                               self.local_model, self.raw_model) if self.sophia else None
         self.stop = StopRequest(announce=run.master)
         self.prefetched = None          # (iteration, its micro-batches), loaded ahead by train_step
+        self.crash_at = crash_for_tests(run.rank)
         layout = f" ({run.layout})" if run.layout else ""
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
                   f"{run.world} process(es){layout} x {cfg.batch_size} sequences x {grad_accum} accumulation "
@@ -537,12 +601,19 @@ class Trainer:
         try:
             self._train()
         except RuntimeError as err:       # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
+            if self.run.distributed and is_collective_failure(err):
+                raise UserError(collective_failed_message(err, self.cfg, self.state.iter_num, self.run.rank)) \
+                    from None
             if not is_out_of_memory(err):
                 raise
             raise UserError(out_of_memory_message(err, self.cfg, self.state.iter_num, self.run.device)) from None
         finally:
             self.stop.restore()
-            self.metrics.finish()
+            try:
+                self.checkpoints.wait()     # a background save: the run ends once its file is in place
+            finally:
+                self.metrics.finish()
+                self.checkpoints.release()
 
     def _train(self):
         cfg, run, state = self.cfg, self.run, self.state
@@ -556,6 +627,8 @@ class Trainer:
         skipped_in_a_row, window = 0, None
         while True:
             iter_num = state.iter_num
+            if iter_num == self.crash_at:
+                self.crash_at = crash_now()
             if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
                 self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
             if iter_num >= cfg.max_iters or cfg.eval_only:
@@ -600,7 +673,7 @@ class Trainer:
                     self._close(window)
                 self.save_checkpoint(is_best=False)
                 run.print(f"stopped by {self.stop.signal or 'a signal on another rank'} after iteration {iter_num}; "
-                          f"continue with --init_from=resume")
+                          f"run the same command again to continue (init_from=auto resumes)")
                 break
 
     def _close(self, window):
@@ -613,7 +686,7 @@ class Trainer:
         state, dt = self.state, window.seconds_per_iter
         tokens_per_sec = self.tokens_per_iter / dt
         mfu = self.raw_model.estimate_mfu(tokens_per_sec / self.run.world, self.run.device)
-        record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
+        record = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "restarts": state.restarts,
                   "train/clip_rate": state.clipped_steps / (iter_num + 1), "train/skipped_steps": state.skipped_steps,
                   **param_and_momentum_norms(self.raw_model, self.optimizer, self.run)}
         if self.sophia:   # win_rate is 0 until the first refresh, as upstream logs it

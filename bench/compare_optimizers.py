@@ -57,7 +57,7 @@ RUN_KEYS = {"out_dir", "wandb_run_name", "seed"}
 LAYOUT_KEYS = {"batch_size", "gradient_accumulation_steps", "hess_batch_size", "compile", "backend", "fsdp",
                "fsdp_shard_size", "activation_checkpointing", "threads", "data_dir", "wandb_log", "wandb_project",
                "log_interval", "always_save_checkpoint", "keep_last", "init_from", "eval_iters", "eval_tasks",
-               "eval_tasks_limit", "eval_tasks_data"}
+               "eval_tasks_limit", "eval_tasks_data", "wandb_init_timeout", "dist_timeout_s", "async_checkpoint"}
 
 # name: (optimizer_name, grid of (learning_rate, rho)). Betas and weight decay are each optimizer's published
 # defaults, optimizers.py's OPTIMIZER_DEFAULTS; the grids bracket each optimizer's best in pilot runs.

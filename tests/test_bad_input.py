@@ -67,7 +67,7 @@ def test_checkpoint_with_other_model_dims(saved_run, data_dir, capsys):
     before = hashlib.sha256((saved_run / "ckpt.pt").read_bytes()).hexdigest()
     result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={saved_run}", "--n_embd=64", "--init_from=resume")
     assert_clean_error(result, "n_embd=128", "64")
-    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={saved_run}")   # not resume
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={saved_run}", "--init_from=scratch")
     assert_clean_error(result, "already holds", "--init_from=resume")
     assert hashlib.sha256((saved_run / "ckpt.pt").read_bytes()).hexdigest() == before
 

@@ -256,8 +256,33 @@ def test_converter_writes_the_single_file_and_damage_is_a_user_error(tmp_path, p
     os.replace(tmp_path / "metadata", os.path.join(path, ".metadata"))
     with open(os.path.join(path, "__0_0.distcp"), "r+b") as f:    # cut short
         f.truncate(100)
-    with pytest.raises(UserError, match="damaged or missing"):
+    with pytest.raises(UserError, match="is damaged: its shard file.* __0_0.distcp fail their checksums"):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_shard_file_falls_back_to_the_previous_checkpoint(tmp_path, process_group, capsys, damage):
+    """Each rank's shard files are checksummed whole in meta.pt: bytes flipped in the middle of a shard (which DCP
+    would read without noticing) or a shard cut short is a damaged checkpoint, passed over for the previous one."""
+    model, optimizer = sharded_model_and_optimizer()
+    save_sharded(tmp_path, model, optimizer, 10)
+    path = save_sharded(tmp_path, model, optimizer, 20)
+    shard = os.path.join(path, "__0_0.distcp")
+    assert checkpoint.load(path)["iter_num"] == 20
+    size = os.path.getsize(shard)
+    with open(shard, "r+b") as f:
+        if damage == "flipped":
+            f.seek(size // 2)
+            byte = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        else:
+            f.truncate(size - 8)
+    capsys.readouterr()
+    for shards in (False, True):     # read whole (1 process, DDP) and as FSDP's restore does
+        ckpt, found = checkpoint.load_latest(str(tmp_path), shards=shards)
+        assert ckpt["iter_num"] == 10 and found.endswith("ckpt_0000010.dcp")
+        assert "__0_0.distcp fail their checksums" in capsys.readouterr().err
     os.remove(os.path.join(path, "__0_0.distcp"))
     with pytest.raises(UserError, match=r"missing its shard file\(s\) __0_0.distcp"):
         checkpoint.load(path)

@@ -7,6 +7,7 @@ import torch
 import devices
 import train
 from configurator import UserError
+from helpers import assert_clean_error, train_cli
 
 
 @pytest.fixture
@@ -60,6 +61,13 @@ def test_training_uses_the_same_policy(gpu, native):
 def test_unusable_device_is_a_user_error(name):
     with pytest.raises(UserError, match=f"--device={name} is not usable here .*--device=cpu"):
         devices.checked_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_error_line(data_dir, tmp_path, capsys):
+    # the dtype is resolved (from the GPU's capability) before the device is checked: that must not assert
+    result = train_cli(capsys, f"--data_dir={data_dir}", f"--out_dir={tmp_path}", "--device=cuda")
+    assert_clean_error(result, "--device=cuda is not usable here", "--device=cpu")
 
 
 def test_configure_flushes_subnormals():

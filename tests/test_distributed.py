@@ -160,11 +160,104 @@ def test_fsdp2_options_against_the_plain_run(data_dir, straight_run, tmp_path, m
             {torch.float32}
 
 
+def test_dist_timeout_s_bounds_every_collective(monkeypatch, single_rank):
+    import datetime
+    import torch.distributed as dist
+    import parallel
+    from configurator import UserError
+    seen, real = {}, dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    cfg = train.TrainConfig(device="cpu", dist_timeout_s=7)
+    train.resolve(cfg, world_size=1)
+    try:
+        parallel.Run().setup_device(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert seen["timeout"] == datetime.timedelta(seconds=7)
+    assert "dist_timeout_s" in train.TrainConfig.RESUMABLE_KEYS
+    with pytest.raises(UserError, match="dist_timeout_s must be > 0"):
+        train.resolve(train.TrainConfig(device="cpu", dist_timeout_s=0), world_size=1)
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_one(data_dir, straight_run, tmp_path):
     """The global batch is a function of (seed, iteration) only: 2 ranks x 1 micro-step = 1 rank x 2, bit for bit."""
     tiny(data_dir, tmp_path, nproc=2)
     assert_same(events(straight_run[0]), events(tmp_path), range(100))
+
+
+@pytest.mark.slow
+def test_torchrun_restart_after_a_killed_worker_continues_bit_for_bit(data_dir, straight_run, tmp_path):
+    """torchrun --max-restarts=1: rank 1 dies by SIGKILL at iteration 6 (train.py's SOPHIA_TEST_CRASH hook), the
+    agent restarts both workers with the same arguments, init_from=auto resumes from the checkpoint at 4; the
+    losses equal a straight run's bit for bit and metrics.jsonl holds each iteration once, with a restart event."""
+    marker = tmp_path / "crashed"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "--max-restarts=1"]
+    tiny(data_dir, tmp_path / "run", "--max_iters=10", "--eval_interval=4", "--eval_sequences=16",
+         launcher=launcher, env={**ENV, "SOPHIA_TEST_CRASH": f"1:6:{marker}"})
+    assert marker.exists()          # it did crash once
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["iter"] for r in rows if r["event"] == "train"] == list(range(10))
+    assert [r["iter"] for r in rows if r["event"] == "eval"] == [0, 4, 8, 10]
+    assert [(r["iter"], r["restarts"]) for r in rows if r["event"] == "restart"] == [(4, 1)]
+    assert_same(events(straight_run[0]), events(tmp_path / "run"), range(10))
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_run_after_dist_timeout_s(data_dir, tmp_path):
+    """Rank 1 hangs at iteration 3 (SOPHIA_TEST_HANG): rank 0's next collective gives up after dist_timeout_s
+    and the run ends with one error line naming the rank and the iteration, long before the hang would end."""
+    env = {**ENV, "SOPHIA_TEST_CRASH": f"1:3:{tmp_path / 'hung'}", "SOPHIA_TEST_HANG": "1"}
+    start = time.perf_counter()
+    proc = tiny(data_dir, tmp_path / "run", "--max_iters=6", "--eval_interval=6", "--eval_sequences=16",
+                "--dist_timeout_s=15", nproc=2, env=env, check=False)
+    assert time.perf_counter() - start < 100 and proc.returncode != 0
+    assert "error: rank 0: a collective failed at iteration 3" in proc.stderr, proc.stderr[-3000:]
+    assert "dist_timeout_s=15" in proc.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_resume_passes_over_a_checkpoint_with_a_damaged_shard(data_dir, tmp_path):
+    """FSDP on 2 processes: each rank's shard file is checksummed in meta.pt. Bytes flipped in the middle of
+    rank 1's shard of the latest checkpoint, or that shard cut short: the resume (auto) names it on stderr and
+    continues from the previous checkpoint."""
+    args = ["--eval_interval=4", "--eval_sequences=16", "--fsdp=True"]
+    tiny(data_dir, tmp_path / "run", "--max_iters=8", *args, nproc=2)
+    meta = torch.load(tmp_path / "run" / "ckpt_0000008.dcp" / "meta.pt", weights_only=True)
+    assert sorted(meta["shard_checksums"]) == ["__0_0.distcp", "__1_0.distcp"]
+    for damage in ("flipped", "truncated"):
+        out = shutil.copytree(tmp_path / "run", tmp_path / damage, symlinks=True)
+        shard = out / "ckpt_0000008.dcp" / "__1_0.distcp"
+        data = bytearray(shard.read_bytes())
+        if damage == "flipped":
+            data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data if damage == "flipped" else data[:-8]))
+        proc = tiny(data_dir, out, "--max_iters=8", *args, nproc=2)
+        assert "__1_0.distcp fail their checksums" in proc.stderr and "trying the previous" in proc.stderr, damage
+        assert "at iteration 4" in proc.stdout and (out / "ckpt_0000008.dcp").is_dir(), damage
+
+
+@pytest.mark.slow
+def test_a_locked_out_dir_under_torchrun_ends_at_once(data_dir, tmp_path):
+    """Rank 0 alone takes out_dir's lock; refused, it exits with the error while rank 1 waits in its first
+    collective, and torchrun stops rank 1: one error line naming the holder, no hang."""
+    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('otherhost 4242\\n'); f.flush(); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        start = time.perf_counter()
+        proc = tiny(data_dir, tmp_path, "--max_iters=2", nproc=2, check=False, timeout=120)
+        assert time.perf_counter() - start < 60 and proc.returncode != 0
+        error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(error_lines) == 1 and "is in use by another run (host otherhost, pid 4242" in error_lines[0]
+        assert "[rank1]: Traceback" not in proc.stderr, proc.stderr[-3000:]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ in-context accuracy logged at evaluations.
 import json
 import math
 import os
+import sys
 import time
 
 import pytest
@@ -52,6 +53,62 @@ def wandb_offline_summary(out_dir):
             summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                             for item in record.summary.update})
     return summary
+
+
+class FailingWandb:
+    """A stand-in for the wandb module whose init, or log at iteration 2, raises as with an unreachable server."""
+
+    def __init__(self, fail_in):
+        self.fail_in, self.logged, self.finished = fail_in, [], False
+        self.config = None
+
+    def Settings(self, **kwargs):
+        self.settings = kwargs
+        return kwargs
+
+    def init(self, **kwargs):
+        if self.fail_in == "init":
+            raise ConnectionError('Timed out while retrying: Post "http://127.0.0.1:9/graphql": connection refused')
+        return self
+
+    def log(self, values, step):
+        if self.fail_in == "log" and step == 2:
+            raise BrokenPipeError("the wandb service is gone")
+        self.logged.append(step)
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.mark.parametrize("fail_in", ["init", "log"])
+def test_a_wandb_failure_turns_wandb_off_with_one_warning(data_dir, tmp_path, capsys, monkeypatch, one_thread,
+                                                          fail_in):
+    fake = FailingWandb(fail_in)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train.main(tiny_argv(data_dir, tmp_path, "--max_iters=4", "--eval_interval=4", "--eval_sequences=8",
+                         "--wandb_log=True", "--wandb_init_timeout=5"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "wandb" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: wandb {fail_in} failed"), warnings
+    assert "WANDB_MODE=offline" in warnings[0] and ("127.0.0.1:9" if fail_in == "init" else "gone") in warnings[0]
+    assert fake.settings == {"init_timeout": 5.0}
+    assert sorted(events(tmp_path)) == [0, 1, 2, 3] and sorted(events(tmp_path, "eval")) == [0, 4]
+    assert fake.logged == ([] if fail_in == "init" else [0, 0, 1])    # eval and train at 0; none after the failure
+    assert not fake.finished
+
+
+@pytest.mark.slow
+def test_an_unreachable_wandb_server_costs_the_init_timeout_only(data_dir, tmp_path):
+    """The real wandb against a closed port (online mode, a dummy key): init gives up after wandb_init_timeout
+    (wandb's service start and retries add ~10 s here), one warning line, the run completes."""
+    env = {**ENV, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0123456789" * 4, "WANDB_MODE": "online"}
+    start = time.perf_counter()
+    proc = tiny(data_dir, tmp_path, "--max_iters=4", "--eval_interval=4", "--eval_sequences=8", "--wandb_log=True",
+                "--wandb_init_timeout=5", env=env)
+    seconds = time.perf_counter() - start
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: wandb")]
+    assert len(warnings) == 1 and "WANDB_MODE=offline" in warnings[0], proc.stderr
+    assert sorted(events(tmp_path)) == [0, 1, 2, 3] and sorted(events(tmp_path, "eval")) == [0, 4]
+    assert seconds < 90, seconds        # not wandb's own ~100 s wait
 
 
 def test_logged_time_is_the_mean_over_each_log_window(data_dir, tmp_path, one_thread, monkeypatch):

@@ -34,7 +34,7 @@ def test_stop_signal_checkpoints_and_resume_continues_exactly(data_dir, tmp_path
     monkeypatch.setattr(train.Trainer, "_log_step", log_and_signal)
     capsys.readouterr()
     train.main(tiny_argv(data_dir, tmp_path / "stopped", *args))
-    assert "stopped by SIGTERM after iteration 5; continue with --init_from=resume" in capsys.readouterr().out
+    assert "stopped by SIGTERM after iteration 5; run the same command again to continue" in capsys.readouterr().out
     assert checkpoint.load(str(tmp_path / "stopped" / "ckpt.pt"))["iter_num"] == 6
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # the loop's handler is gone again
     monkeypatch.setattr(train.Trainer, "_log_step", log_step)
