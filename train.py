@@ -33,7 +33,6 @@ import os
 import re
 import signal
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Literal
@@ -336,24 +335,6 @@ class StopRequest:
         return like.new_full((), float(self.signal is not None))
 
 
-def crash_for_tests(rank):
-    """A test hook (tests/test_distributed.py: torchrun's restart, a hung rank): SOPHIA_TEST_CRASH="<rank>:<iter>:
-    <marker file>" makes that rank kill itself with SIGKILL at the start of that iteration, once: only while the
-    marker file does not exist (crash_now creates it first, so the restarted run goes on); SOPHIA_TEST_HANG=1
-    makes it sleep 120 s there instead, a hung rank. The iteration, or None."""
-    spec = os.environ.get("SOPHIA_TEST_CRASH", "").split(":", 2)
-    if len(spec) != 3 or int(spec[0]) != rank or os.path.exists(spec[2]):
-        return None
-    return int(spec[1])
-
-
-def crash_now():
-    open(os.environ["SOPHIA_TEST_CRASH"].split(":", 2)[2], "w").close()
-    if os.environ.get("SOPHIA_TEST_HANG"):
-        time.sleep(120)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def nonfinite_step(cfg, iter_num, loss, grad_norm, fp16, run):
     """A step with a NaN/Inf loss or gradient: an fp16 loss-scale overflow passes (the GradScaler skipped the
     step); otherwise stop with the last good checkpoint named, or, with nonfinite=skip, say the step was skipped."""
@@ -494,7 +475,6 @@ class Trainer:
                                               self.local_model, self.raw_model) if self.sophia else None
         self.stop = StopRequest(announce=run.master)
         self.prefetched = None          # (iteration, its micro-batches), loaded ahead by train_step
-        self.crash_at = crash_for_tests(run.rank)
         layout = f" ({run.layout})" if run.layout else ""
         run.print(f"{cfg.optimizer_name}: {self.raw_model.num_params() / 1e6:.2f}M parameters, "
                   f"{run.world} process(es){layout} x {cfg.batch_size} sequences x {grad_accum} accumulation "
@@ -627,8 +607,6 @@ class Trainer:
         skipped_in_a_row, window = 0, None
         while True:
             iter_num = state.iter_num
-            if iter_num == self.crash_at:
-                self.crash_at = crash_now()
             if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
                 self.eval_and_checkpoint(iter_num, final=iter_num >= cfg.max_iters)
             if iter_num >= cfg.max_iters or cfg.eval_only:

@@ -35,6 +35,13 @@ def test_exported_gpt2_starts_at_its_val_loss_and_trains(exported, data_dir, tmp
     assert val[4]["val/loss"] < val[0]["val/loss"]                         # and it trains from there
     ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
     assert ckpt["model_args"]["bias"] is True                            # taken from the checkpoint
+    # the same command with more iterations continues the saved run (as init_from=auto), not the pretrained weights:
+    # it re-evaluates the checkpoint at 4 (the trained model's loss, not the pretrained one's) and goes on to 8
+    train.main(tiny_argv(data_dir, out, f"--init_from=hf:{hf_dir}", "--max_iters=8", *SHAPE, *EVAL))
+    again = events(out, "eval")
+    assert again[4]["val/loss"] == pytest.approx(val[4]["val/loss"], abs=1e-6)
+    assert again[8]["val/loss"] < val[0]["val/loss"]
+    assert sorted(events(out)) == list(range(8)) and list(events(out, "restart")) == [4]
 
 
 def test_padding_rows_are_the_mean_embedding(exported):
