@@ -33,7 +33,7 @@ import torch
 from sophia import SophiaG, decay_groups, gnb_loss, gnb_weight, label_generators, update_from_gradient
 
 __all__ = ["SophiaGTrainer", "SophiaGForTrainer", "SophiaGCounters", "hf_param_groups", "causal_lm_collator",
-           "derive_seed"]
+           "derive_seed", "hessian_layout"]
 
 HESSIAN_STREAM = 1      # folded into the Hessian batch's seeds, so they differ from any other use of args.seed
 
@@ -74,6 +74,19 @@ def _stack(rows):
         raise ValueError(f"sophia_hf: rows of input_ids of different lengths {sorted({len(t) for t in ids})}; "
                          f"chunk the data into equal-length sequences (e.g. group_texts)")
     return torch.stack(ids)
+
+
+def hessian_layout(total, world, per_device_batch, name="hess_batch_size"):
+    """(sequences per Hessian pass over all processes, per process, micro-batch size): the pass runs in micro-batches
+    of at most per_device_batch sequences, the same number on every process. ValueError naming `name` if `total`
+    does not split so."""
+    per_rank = total // world
+    micro = min(per_device_batch, per_rank)
+    if total % world or per_rank == 0 or per_rank % micro:
+        raise ValueError(f"{name}={total} must split evenly over {world} process(es) into micro-batches of "
+                         f"per_device_train_batch_size={per_device_batch} (or fewer) sequences; pick a multiple of "
+                         f"{world * max(micro, 1)}")
+    return total, per_rank, micro
 
 
 def causal_lm_collator(rows):
@@ -223,17 +236,8 @@ def _build():
         # ------------------------------------------------------------------------------ the Hessian pass
 
         def hessian_layout(self):
-            """(sequences per Hessian pass over all processes, per process, micro-batch size): the pass runs in
-            micro-batches of at most per_device_train_batch_size sequences, the same number on every process."""
-            total = self.hess_batch_size or self.sequences_per_step()
-            world = self.args.world_size
-            per_rank = total // world
-            micro = min(self.args.per_device_train_batch_size, per_rank)
-            if total % world or per_rank == 0 or per_rank % micro:
-                raise ValueError(f"hess_batch_size={total} must split evenly over {world} process(es) into "
-                                 f"micro-batches of per_device_train_batch_size={self.args.per_device_train_batch_size}"
-                                 f" (or fewer) sequences; pick a multiple of {world * micro}")
-            return total, per_rank, micro
+            return hessian_layout(self.hess_batch_size or self.sequences_per_step(), self.args.world_size,
+                                  self.args.per_device_train_batch_size)
 
         def hessian_rows(self, step):
             """Rows of hessian_dataset for the pass after optimizer step `step` (all processes): a pure function of

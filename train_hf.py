@@ -171,18 +171,14 @@ def sequences_per_step(cfg):
     return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
 
 
-def hessian_layout(cfg):
-    """(sequences per Hessian pass over all processes, per process, micro-batch size): the pass runs in micro-batches
-    of at most per_device_train_batch_size sequences, the same number on every process."""
-    total = cfg.hess_total_bs or sequences_per_step(cfg)
-    world = world_size()
-    per_rank = total // world
-    micro = min(cfg.per_device_train_batch_size, per_rank)
-    if total % world or per_rank == 0 or per_rank % micro:
-        raise UserError(f"hess_total_bs={total} must split evenly over {world} process(es) into micro-batches of "
-                        f"per_device_train_batch_size={cfg.per_device_train_batch_size} (or fewer) sequences; pick a "
-                        f"multiple of {world * micro}")
-    return total, per_rank, micro
+def check_hessian_layout(cfg):
+    """Refuse a hess_total_bs that does not split into the Trainer's Hessian micro-batches, before any work."""
+    from sophia_hf import hessian_layout
+    try:
+        hessian_layout(cfg.hess_total_bs or sequences_per_step(cfg), world_size(), cfg.per_device_train_batch_size,
+                       name="hess_total_bs")
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,7 +392,7 @@ def build_trainer(argv):
     """Parse the config, prepare data and model; returns (trainer, checkpoint to resume from or None)."""
     cfg, applied = load_config(HFConfig, argv)
     resolve(cfg)
-    hessian_layout(cfg)                  # refuse a bad hess_total_bs before any work
+    check_hessian_layout(cfg)
     try:
         import transformers  # noqa: F401
     except ImportError:

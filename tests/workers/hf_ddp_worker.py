@@ -26,7 +26,12 @@ def main():
                   bs=trainer.inner_optimizer().bs, world=trainer.args.world_size)
     trainer.hessian_refresh(model=trainer.model)       # not model_wrapped: no average over the ranks
     record["unwrapped_hessian"] = snapshot(trainer)[1]
-    torch.save(record, os.path.join(out, f"rank{trainer.args.process_index}.pt"))
+    save_and_leave(record, out, trainer.args.process_index)
+
+
+def save_and_leave(record, out, rank):
+    """This rank's record for the test, then leave together."""
+    torch.save(record, os.path.join(out, f"rank{rank}.pt"))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -6,14 +6,13 @@ every rank dumps its weights and Hessian EMA, for tests/test_sophia_hf.py (slow 
 import os
 import sys
 
-import torch
-
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 import transformers  # noqa: E402
 
 import sophia_hf  # noqa: E402
 from test_sophia_hf import tiny_model, token_rows  # noqa: E402
+from workers.hf_ddp_worker import save_and_leave, snapshot  # noqa: E402
 
 
 def main():
@@ -24,14 +23,10 @@ def main():
     trainer = sophia_hf.SophiaGTrainer(model=tiny_model("llama"), args=args, train_dataset=token_rows(),
                                        hess_interval=10)
     trainer.train()
-    optimizer = trainer.inner_optimizer()
-    record = dict(params={n: p.detach().clone() for n, p in trainer.model.named_parameters()},
-                  hessian={n: optimizer.state[p]["hessian"].clone() for n, p in trainer.model.named_parameters()},
-                  refreshes=trainer.counters().hessian_refreshes, bs=optimizer.bs, world=trainer.args.world_size)
-    torch.save(record, os.path.join(out, f"rank{trainer.args.process_index}.pt"))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    params, hessian = snapshot(trainer)
+    record = dict(params=params, hessian=hessian, refreshes=trainer.counters().hessian_refreshes,
+                  bs=trainer.inner_optimizer().bs, world=trainer.args.world_size)
+    save_and_leave(record, out, trainer.args.process_index)
 
 
 if __name__ == "__main__":
