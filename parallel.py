@@ -59,8 +59,15 @@ class Run:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             # the timeout bounds every collective's wait for a hung rank (train.py's dist_timeout_s says why 600 s)
-            dist.init_process_group(backend=cfg.backend, device_id=self.device if self.device.type == "cuda" else None,
-                                    timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
+            timeout = datetime.timedelta(seconds=cfg.dist_timeout_s)
+            store, _, _ = next(dist.rendezvous("env://", self.rank, self.world, timeout=timeout))
+            # torchrun's workers share the agent's store across restarts: a key space of their own per attempt, so
+            # that a restarted worker never dials the address a dead predecessor published (gloo: "Connection
+            # refused" until the timeout)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend=cfg.backend, store=dist.PrefixStore(f"attempt{attempt}/", store),
+                                    rank=self.rank, world_size=self.world, timeout=timeout,
+                                    device_id=self.device if self.device.type == "cuda" else None)
         devices.configure(self.device)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
