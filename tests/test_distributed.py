@@ -195,8 +195,8 @@ def test_torchrun_restart_after_a_killed_worker_continues_bit_for_bit(data_dir, 
     agent restarts both workers with the same arguments, init_from=auto resumes from the checkpoint at 4; the
     losses equal a straight run's bit for bit and metrics.jsonl holds each iteration once, with a restart event."""
     marker = tmp_path / "crashed"
-    # a second restart and a short dist_timeout_s as on a cluster: now and then (1 run in 3 here) the restarted
-    # workers' gloo mesh fails to connect ("Connection refused") and that attempt ends; torchrun starts another
+    # a spare restart and a short dist_timeout_s, as a cluster job would set them (before parallel.py kept each
+    # attempt's keys apart, a restarted gloo mesh could dial a dead worker and time out)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "--max-restarts=2"]
     tiny(data_dir, tmp_path / "run", "--max_iters=10", "--eval_interval=4", "--eval_sequences=16",
