@@ -16,7 +16,7 @@ Trainer (and so train_hf.py) uses them too, so both paths refresh alike.
 import torch
 
 from dataloader import HESSIAN, derive_seed
-from sophia import gnb_backward, gnb_weight, hutchinson_estimate, label_generators, update_from_gradient  # noqa: F401
+from sophia import gnb_backward, gnb_weight, hutchinson_estimate, label_generators, update_from_gradient
 
 
 def diagnostics(optimizer, bs=None):

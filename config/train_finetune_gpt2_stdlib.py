@@ -30,4 +30,4 @@ eval_sequences = 64
 optimizer_name = "sophiag"
 learning_rate = 3e-5               # small: a fine-tune (pretraining 124M with Sophia-G uses 6e-4)
 weight_decay = 0.1
-hess_total_bs = 8                  # the Hessian pass on half a step's sequences (ĝ rescaled: hessian.gnb_weight)
+hess_total_bs = 8                  # the Hessian pass on half a step's sequences (ĝ rescaled: sophia.gnb_weight)

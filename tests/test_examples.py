@@ -5,7 +5,7 @@
   `# --- core: start` and `# --- core: end`), so the README shows code that runs;
 - the script runs on its own, its loss falls and it prints Sophia's diagnostics;
 - it counts bs from the batches it sees (sequences x length x micro-batches) and rescales a Hessian batch smaller
-  than bs by the training loop's rule, hessian.gnb_weight (one micro-batch here): checked both as
+  than bs by the training loop's rule, sophia.gnb_weight (one micro-batch here): checked both as
   the printed factor and by its purpose, bs·h reading the same curvature whatever the Hessian batch size.
 """
 import re
@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from helpers import ROOT, run_script
-from hessian import gnb_weight
+from sophia import gnb_weight
 
 SCRIPT = "examples/custom_loop.py"
 BLOCK_SIZE = 64                                             # the example's sequence length
@@ -97,7 +97,7 @@ def test_bs_counts_the_tokens_seen_and_hessian_scale_follows_train_py(runs):
         # bs: the tokens behind one step's gradient, counted from the batches (sequences x length x micro-steps)
         total_bs = opts["batch_size"] * opts["grad_accum"]
         assert got[name]["bs"] == total_bs * BLOCK_SIZE, (name, got[name])
-        # the training loop's rule (hessian.gnb_weight), with one Hessian micro-batch here
+        # the training loop's rule (sophia.gnb_weight), with one Hessian micro-batch here
         assert got[name]["scale"] == pytest.approx(gnb_weight(opts["hess_batch_size"], total_bs, 1),
                                                    abs=1e-4), (name, got[name])
     assert got["full"]["scale"] == pytest.approx(1.0)         # a Hessian batch as large as the step's: unscaled
