@@ -64,7 +64,7 @@ def numbered(out_dir, iter_num):
     return os.path.join(out_dir, f"ckpt_{iter_num:07d}.pt")
 
 
-def _atomically(dst, write):
+def atomically(dst, write):
     """write(tmp) makes dst's new content under a temporary name, which then replaces dst in one rename; the
     directory is fsynced so that the rename itself is durable. A failure leaves dst as it was and no temporary."""
     tmp = f"{dst}.tmp{os.getpid()}"
@@ -83,7 +83,7 @@ def atomic_save(obj, path):
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-    _atomically(path, write)
+    atomically(path, write)
 
 
 def _atomic_link(src, dst):
@@ -93,7 +93,7 @@ def _atomic_link(src, dst):
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-    _atomically(dst, write)
+    atomically(dst, write)
 
 
 def _fsync_dir(directory):
@@ -387,7 +387,7 @@ def file_crc32(path):
 
 def _atomic_symlink(target, dst):
     """dst becomes a relative symbolic link to target (in the same directory), atomically."""
-    _atomically(dst, lambda tmp: os.symlink(os.path.basename(target), tmp))
+    atomically(dst, lambda tmp: os.symlink(os.path.basename(target), tmp))
 
 
 class _MetadataUnpickler(pickle.Unpickler):

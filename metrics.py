@@ -23,6 +23,7 @@ import time
 
 import torch
 
+import checkpoint
 import devices
 from configurator import UserError
 from parallel import full_tensor, local_tensor
@@ -67,12 +68,12 @@ class MetricsLog:
                         kept.append(line if line.endswith("\n") else line + "\n")
                     else:
                         dropped += 1
-            tmp = f"{self.path}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            def write(tmp):
+                with open(tmp, "w") as f:
+                    f.writelines(kept)
+                    f.flush()
+                    os.fsync(f.fileno())
+            checkpoint.atomically(self.path, write)
         self.log("restart", resumed_from, dict(restarts=restarts, rows_dropped=dropped))
 
     def log(self, event, iter_num, values):
