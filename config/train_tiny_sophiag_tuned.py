@@ -11,5 +11,5 @@ always_save_checkpoint = True
 
 optimizer_name = "sophiag"
 learning_rate = 2.5e-4
-rho = 0.01
+rho = 0.05
 # the Hessian pass on the full batch (hess_total_bs = total_bs), as in the harness
