@@ -409,9 +409,9 @@ def study(args, runs_dir):
     return runs, {name: chosen["main", name] for name in grids}, [r for r in runs if r["seed"] == seeds[0]]
 
 
-def quick_args(quick, steps=None):
+def quick_args(quick):
     """--quick's budget (the same settings, fewer steps and evaluation sequences); none for the full studies."""
-    steps = steps or QUICK["max_iters"]
+    steps = QUICK["max_iters"]
     return [f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--eval_interval={QUICK['eval_interval']}",
             f"--warmup_iters={steps // 10}", "--eval_sequences=32"] if quick else []
 
@@ -682,13 +682,12 @@ def estimate_seconds(tasks, vocab, jobs, extra=()):
         flops_per_step(ref, "sophiag", vocab) / flops_per_step(ref, "adamw", vocab))   # its step's own overhead
     total = 0.0
     for task in tasks:
-        cfg = dict(ref)
+        cfg = dict(ref, hess_total_bs=None)          # None: derived from total_bs, as train.py does
         for arg in [*extra, *(task[5] if len(task) > 5 else ())]:     # as train.py reads them: the last wins
             key, value = arg.lstrip("-").split("=")
             if key in ref:
                 cfg[key] = int(float(value))
-        if "--total_bs" in " ".join(task[5] if len(task) > 5 else ()) and "hess_total_bs" not in str(task):
-            cfg["hess_total_bs"] = cfg["total_bs"]                   # derived from total_bs unless given
+        cfg["hess_total_bs"] = cfg["hess_total_bs"] or cfg["total_bs"]
         flops = flops_per_step(cfg, task[0], vocab) * cfg["max_iters"] * (sophia_factor if task[0] == "sophiag"
                                                                            else 1.0)
         total += times["overhead_s"] + times["train_s"] * flops / ref_flops
@@ -697,12 +696,17 @@ def estimate_seconds(tasks, vocab, jobs, extra=()):
 
 def print_plan(tasks, runs_dir, jobs, extra):
     """The planned runs and their estimated wall time (runs that finished earlier with the same command excluded)."""
-    from dataloader import TokenDataset
-    vocab = -(-TokenDataset(os.path.join(runs_dir, "data"), 64).vocab_size // 64) * 64
+    vocab = padded_vocab(os.path.join(runs_dir, "data"))
     todo = [t for t in tasks if finished(*command_line(runs_dir, t, extra)) is None]
     print(f"planned: {len(tasks)} runs, {len(tasks) - len(todo)} of them finished earlier; the other {len(todo)} "
           f"take about {estimate_seconds(todo, vocab, jobs, extra) / 60:.1f} min with --jobs={jobs} (from the "
           f"comparison's per-run times, scaled by FLOPs)", flush=True)
+
+
+def padded_vocab(data_dir):
+    """The model's vocabulary for the data in data_dir: its token count padded to a multiple of 64, as train.py pads."""
+    from dataloader import TokenDataset
+    return -(-TokenDataset(data_dir, 64).vocab_size // 64) * 64
 
 
 def command_line(runs_dir, task, extra):
@@ -750,8 +754,7 @@ def run_study(args, out):
     if planned is None:
         return
     runs, chosen, points = planned
-    from dataloader import TokenDataset
-    rows = arm_rows(arms, runs, chosen, points, -(-TokenDataset(data_dir, 64).vocab_size // 64) * 64)
+    rows = arm_rows(arms, runs, chosen, points, padded_vocab(data_dir))
     env = environment()
     table = arm_table(rows, seeds) + "\n" + environment_line(env) + "\n"
     extra_rows = {}
