@@ -493,36 +493,48 @@ def curvature_arms(quick):
 
 # the scale study: model sizes from 0.12M to 4.8M non-embedding parameters (40x), each with a token budget that grows
 # with it (steps x 1,024 tokens); per size and optimizer an lr grid around its best, widened where a best sat at an
-# edge (AdamW and Sophia-G move down with size, Muon up)
+# edge (AdamW and Sophia-G move down with size, Muon up); Sophia-G's rho is the main setting's best, 0.05. Muon is left
+# out at L6d256: torch's Muon runs Newton-Schulz in bf16, which CPUs without bf16 instructions (AVX-512) multiply
+# about 30x slower than fp32 (docs/results.md), so that one run would take hours on such a machine.
 SCALE_SIZES = {"L2d64": (dict(n_layer=2, n_head=2, n_embd=64, max_iters=200),
                          {"adamw": (2e-3, 4e-3, 8e-3), "sophiag": (2.5e-4, 5e-4, 1e-3, 2e-3),
                           "muon": (4e-3, 8e-3, 1.6e-2, 3.2e-2)}),
                "L4d128": (None, {}),       # the main setting: the comparison's grids and runs
                "L6d256": (dict(n_layer=6, n_head=8, n_embd=256, max_iters=600),
-                          {"adamw": (1e-3, 2e-3, 4e-3), "sophiag": (6.25e-5, 1.25e-4, 2.5e-4),
-                           "muon": (4e-3, 8e-3, 1.6e-2)})}
+                          {"adamw": (1e-3, 2e-3, 4e-3), "sophiag": (6.25e-5, 1.25e-4, 2.5e-4)})}
+# the warmup study's best warmup (80% of the steps, assets/warmup) at the largest size, both optimizers re-tuned; at
+# L4d128 it moved Sophia-G's best lr up one step and left AdamW's
+SCALE_WARMUP = ("L6d256", 80, {"adamw": (1e-3, 2e-3, 4e-3), "sophiag": (1.25e-4, 2.5e-4, 5e-4)})
 QUICK_SIZES = {"L1d32": dict(n_layer=1, n_head=2, n_embd=32, max_iters=10)}
 
 
-def size_args(size, quick=False):
+def size_args(size, quick=False, warmup_percent=10):
     steps = size["max_iters"]
     return (f"--n_layer={size['n_layer']}", f"--n_head={size['n_head']}", f"--n_embd={size['n_embd']}",
-            f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--warmup_iters={steps // 10}",
+            f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--warmup_iters={steps * warmup_percent // 100}",
             f"--eval_interval={QUICK['eval_interval'] if quick else max(1, steps // 16)}")
 
 
 def scale_arms(quick):
+    """Per size, AdamW, Sophia-G and Muon over their grids (the main size's runs are the comparison's); then the
+    largest size at the best warmup, where Sophia-G is labelled apart (sophiag_warmN) to be plotted apart."""
     arms = []
     for tag, (size, grids) in SCALE_SIZES.items():
         if size is None:
             arms.append(Arm(tag, {name: Variant(name, STUDY[name][1]) for name in ("adamw", "sophiag", "muon")}))
         elif not quick:
-            arms.append(Arm(tag, {name: Variant(name, [(lr, 0.01 if name == "sophiag" else None) for lr in lrs])
-                                  for name, lrs in grids.items()}, f"_{tag}", size_args(size)))
+            arms.append(Arm(tag, {name: Variant(name, [(lr, TUNED["sophiag"][1] if name == "sophiag" else None)
+                                                       for lr in lrs]) for name, lrs in grids.items()},
+                            f"_{tag}", size_args(size)))
     if quick:
-        arms += [Arm(tag, dict(arms[0].variants), f"_{tag}", size_args(size, quick))
-                 for tag, size in QUICK_SIZES.items()]
-    return arms
+        return arms + [Arm(tag, dict(arms[0].variants), f"_{tag}", size_args(size, quick))
+                       for tag, size in QUICK_SIZES.items()]
+    tag, percent, grids = SCALE_WARMUP
+    return arms + [Arm(f"{tag} warmup {percent}%",
+                       {"adamw": Variant("adamw", [(lr, None) for lr in grids["adamw"]]),
+                        f"sophiag_warm{percent}": Variant("sophiag", [(lr, TUNED["sophiag"][1])
+                                                                      for lr in grids["sophiag"]])},
+                       f"_{tag}_warm{percent}", size_args(SCALE_SIZES[tag][0], warmup_percent=percent))]
 
 
 STUDIES = {"ablations": ablation_arms, "warmup": warmup_arms, "tokens": token_arms, "curvature": curvature_arms,
