@@ -44,9 +44,6 @@ import zlib
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 
 from configurator import UserError
 from model import GPT, GPTConfig
@@ -335,6 +332,7 @@ def save_sharded(out_dir, ckpt, tensors, *, keep_last, is_best):
     model or optimizer tensors) as meta.pt, then renames the directory to ckpt_<iter>.dcp: a crash before that
     rename leaves the previous checkpoint the latest. ckpt.pt (and ckpt_best.pt) become links to it, and
     numbered checkpoints beyond the newest keep_last are deleted, as for single files."""
+    import torch.distributed.checkpoint as dcp
     distributed = dist.is_initialized()      # without a process group: one process writes it all
     rank = dist.get_rank() if distributed else 0
     final = numbered_dir(out_dir, ckpt["iter_num"])
@@ -347,7 +345,7 @@ def save_sharded(out_dir, ckpt, tensors, *, keep_last, is_best):
         dist.barrier()
     with warnings.catch_warnings():          # DCP's note that it writes without a process group, as asked
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(tensors, storage_writer=FileSystemWriter(tmp, thread_count=1, sync_files=True),
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(tmp, thread_count=1, sync_files=True),
                  no_dist=not distributed)
     # each rank checksums the shard files it wrote (DCP names them __<rank>_<n>.distcp); rank 0 keeps them all
     mine = {os.path.basename(f): file_crc32(f)
@@ -407,14 +405,28 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
 
-class _SafeReader(FileSystemReader):
-    def read_metadata(self, *args, **kwargs):
-        with open(os.path.join(self.path, ".metadata"), "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+def _safe_reader(path):
+    """DCP's reader of the sharded checkpoint at path, its .metadata read through _MetadataUnpickler."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(os.path.join(self.path, ".metadata"), "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+    return SafeReader(path)
+
+
+def dcp_errors():
+    """DCP's CheckpointException, which is not an Exception, for except clauses: () while DCP is not imported
+    (torch.distributed.checkpoint is imported where a sharded checkpoint is written or read, not at start-up, which
+    it would slow by over a second), when none can have been raised."""
+    api = sys.modules.get("torch.distributed.checkpoint.api")
+    return (api.CheckpointException,) if api else ()
 
 
 def _sharded_metadata(path):
@@ -422,9 +434,10 @@ def _sharded_metadata(path):
     if not os.path.isfile(os.path.join(path, META)) or not os.path.isfile(os.path.join(path, ".metadata")):
         raise UserError(f"{path} is not a complete sharded checkpoint (no {META} or .metadata in it); "
                         f"delete it or pick another checkpoint")
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     ckpt = load(os.path.join(path, META))
     try:
-        metadata = _SafeReader(path).read_metadata()
+        metadata = _safe_reader(path).read_metadata()
         index = metadata.state_dict_metadata
         files = sorted({info.relative_path for info in metadata.storage_data.values()})
     except Exception as err:
@@ -452,11 +465,12 @@ def _read_shards(path, tensors, alone=False):
     """Fill `tensors` (flat, plain or DTensor) from the sharded checkpoint at path: DCP reads, for each, the parts
     of the saved shards it covers, whatever the number of processes that wrote them. alone=True, or without a
     process group: this process reads all it asks for by itself (no collectives)."""
+    import torch.distributed.checkpoint as dcp
     try:
         with warnings.catch_warnings():      # DCP's note that it reads without a process group, as asked
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(tensors, storage_reader=_SafeReader(path), no_dist=alone or not dist.is_initialized())
-    except (Exception, CheckpointException) as err:     # (DCP's exception is not an Exception)
+            dcp.load(tensors, storage_reader=_safe_reader(path), no_dist=alone or not dist.is_initialized())
+    except (Exception, *dcp_errors()) as err:
         raise UserError(f"sharded checkpoint {path} cannot be loaded ({type(err).__name__}: {_short(err)}); "
                         f"its shard files are damaged or missing: delete it or pick another checkpoint") from None
 

@@ -16,27 +16,31 @@ tests cover this file on one process.
 import datetime
 import math
 import os
+import sys
 import types
 
 import torch
 import torch.distributed as dist
 import torch.utils.checkpoint
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import devices
 
 
+# FSDP2 and DTensor are imported where a run shards (over a second of every process's start-up otherwise); before
+# that import no module or tensor can be one of theirs, which is what the isinstance checks below rely on
+def _imported_instance(obj, module, name):
+    return module in sys.modules and isinstance(obj, getattr(sys.modules[module], name))
+
+
 def full_tensor(t):
     """The whole tensor of a DTensor (an all-gather every rank must join); a plain tensor is returned as is."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if _imported_instance(t, "torch.distributed.tensor", "DTensor") else t
 
 
 def local_tensor(t):
     """This rank's shard of a DTensor; a plain tensor is returned as is."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if _imported_instance(t, "torch.distributed.tensor", "DTensor") else t
 
 
 class Run:
@@ -74,13 +78,12 @@ class Run:
         self.autocast = devices.autocast(self.device, cfg.dtype)
         self.fsdp = cfg.fsdp and self.distributed
         self.compile, self.activation_checkpointing = cfg.compile, cfg.activation_checkpointing
-        self.mixed_precision = None if cfg.fsdp_mixed_precision == "off" else MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16, reduce_dtype=torch.float32 if cfg.fsdp_mixed_precision == "bf16_reduce_fp32"
-            else torch.bfloat16)
+        self.fsdp_mixed_precision = cfg.fsdp_mixed_precision
         # HSDP: a 2-D mesh, replicas (outer) x shards (inner); FSDP2 reduce-scatters within a group of shards
         # and all-reduces across the groups
         self.mesh = None
         if self.fsdp and cfg.fsdp_shard_size not in (None, self.world):
+            from torch.distributed.device_mesh import init_device_mesh
             self.mesh = init_device_mesh(self.device.type, (self.world // cfg.fsdp_shard_size, cfg.fsdp_shard_size),
                                          mesh_dim_names=("replicate", "shard"))
 
@@ -113,7 +116,12 @@ class Run:
         """FSDP2: each transformer block is one all-gather / reduce-scatter unit; the root holds the rest (the
         tied embedding, the final norm). torch.compile goes per block, before sharding, so that FSDP's
         collectives stay outside the compiled graphs."""
-        options = dict(mesh=self.mesh, **({"mp_policy": self.mixed_precision} if self.mixed_precision else {}))
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        options = dict(mesh=self.mesh)
+        if self.fsdp_mixed_precision != "off":
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32 if
+                                                        self.fsdp_mixed_precision == "bf16_reduce_fp32" else
+                                                        torch.bfloat16)
         for block in raw_model.transformer.h:
             if self.compile:
                 block.compile()
@@ -123,7 +131,7 @@ class Run:
     @staticmethod
     def set_grad_sync(model, on):
         """DDP all-reduces (FSDP reduce-scatters) gradients only on the last micro-step; earlier ones accumulate."""
-        if isinstance(model, FSDPModule):
+        if _imported_instance(model, "torch.distributed.fsdp", "FSDPModule"):
             model.set_requires_gradient_sync(on)
         elif isinstance(model, DDP):
             model.require_backward_grad_sync = on
@@ -235,12 +243,14 @@ def shard_optimizer_state(optimizer, saved):
     """A full optimizer state dict -> the one for this rank: each state tensor shaped like a DTensor parameter
     becomes this rank's shard of it (every rank holds the whole dict, so each just slices its part: no
     communication). Plain parameters keep the full tensors."""
+    from torch.distributed.tensor import distribute_tensor
     params = [p for group in optimizer.param_groups for p in group["params"]]
     saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
     state = {}
     for index, param_state in saved["state"].items():
         p = params[saved_ids.index(index)]
+        sharded = _imported_instance(p, "torch.distributed.tensor", "DTensor")
         state[index] = {key: distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
-                        if isinstance(p, DTensor) and value.shape == p.shape else value
+                        if sharded and value.shape == p.shape else value
                         for key, value in param_state.items()}
     return {**saved, "state": state}

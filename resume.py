@@ -28,7 +28,6 @@ import socket
 import sys
 
 import torch
-from torch.distributed.checkpoint.api import CheckpointException
 
 import checkpoint
 import parallel
@@ -164,7 +163,7 @@ class Checkpointer:
                                                is_best=is_best)
             else:
                 path = checkpoint.save(cfg.out_dir, ckpt, keep_last=cfg.keep_last, is_best=is_best)
-        except (OSError, RuntimeError, CheckpointException) as err:
+        except (OSError, RuntimeError, *checkpoint.dcp_errors()) as err:
             free = shutil.disk_usage(cfg.out_dir).free
             if not disk_full(err, needed, free):
                 raise

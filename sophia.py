@@ -52,16 +52,13 @@ part can be negative). A complex parameter follows exactly the trajectory of its
 """
 
 import math
+import sys
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch.optim import Optimizer
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:          # a torch build without distributed support
-    DTensor = ()
 
 EPS = 1e-15                  # added to the clipping denominator, as upstream (not the paper's max(·, 1e-12))
 FUSED_MIN_NUMEL = 1 << 22    # ~4M parameters: below this the fused path's compile time is not repaid
@@ -541,7 +538,7 @@ def _real_views(batch):
 def _local_shards(batch):
     # DTensor parameters (FSDP2, tensor parallel) are updated shard by shard: the step is elementwise, so each
     # process updates the shard it holds, as plain tensors, on any of the three paths
-    return _map_tensor_lists(batch, _local) if any(isinstance(p, DTensor) for p in batch["params"]) else batch
+    return _map_tensor_lists(batch, _local) if any(_is_dtensor(p) for p in batch["params"]) else batch
 
 
 def _single_tensor_sophia(params, grads, exp_avgs, hessians, steps, *, lr, beta1, rho, weight_decay, bs,
@@ -688,12 +685,19 @@ def _real(t):
     return torch.view_as_real(t) if t.is_complex() else t
 
 
+def _is_dtensor(t):
+    # a DTensor (FSDP2, tensor parallel) can only exist once torch.distributed.tensor is imported; not importing it
+    # here keeps its start-up cost (over a second: DTensor's ops and sympy) out of every process that never shards
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
 def _local(t):
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _full(t):
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if _is_dtensor(t) else t
 
 
 def _state_dtype(p, group):
