@@ -75,9 +75,9 @@ STUDY = {
     "lion": ("lion", [(lr, None) for lr in (3e-4, 6e-4, 1.2e-3)]),
     "sophiag": ("sophiag", [(lr, rho) for lr in (1.25e-4, 2.5e-4, 5e-4) for rho in (0.01, 0.05, 0.5)]),
     "sophiah": ("sophiah", [(lr, rho) for lr in (2.5e-4, 5e-4, 1e-3) for rho in (0.1, 1.0, 10.0)]),
-    # Muon's match_rms_adamw scaling carries AdamW's lr over (muon.py): AdamW's grid shifted up one step, since
-    # its best sat at the top of AdamW's (8e-3) in the scale study
-    "muon": ("muon", [(lr, None) for lr in (2e-3, 4e-3, 8e-3, 1.6e-2)]),
+    # Muon's match_rms_adamw scaling carries AdamW's lr over (muon.py): AdamW's grid shifted up, since its best sat
+    # at the top of AdamW's (8e-3) in the scale study, and widened to 3.2e-2 when it sat at 1.6e-2
+    "muon": ("muon", [(lr, None) for lr in (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)]),
 }
 SEEDS = (0, 1, 2)
 QUICK = dict(max_iters=20, eval_interval=5, seeds=(0, 1),
@@ -497,8 +497,8 @@ def curvature_arms(quick):
 # out at L6d256: torch's Muon runs Newton-Schulz in bf16, which CPUs without bf16 instructions (AVX-512) multiply
 # about 30x slower than fp32 (docs/results.md), so that one run would take hours on such a machine.
 SCALE_SIZES = {"L2d64": (dict(n_layer=2, n_head=2, n_embd=64, max_iters=200),
-                         {"adamw": (2e-3, 4e-3, 8e-3), "sophiag": (2.5e-4, 5e-4, 1e-3, 2e-3),
-                          "muon": (4e-3, 8e-3, 1.6e-2, 3.2e-2)}),
+                         {"adamw": (2e-3, 4e-3, 8e-3), "sophiag": (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3),
+                          "muon": (4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2)}),
                "L4d128": (None, {}),       # the main setting: the comparison's grids and runs
                "L6d256": (dict(n_layer=6, n_head=8, n_embd=256, max_iters=600),
                           {"adamw": (1e-3, 2e-3, 4e-3), "sophiag": (6.25e-5, 1.25e-4, 2.5e-4)})}
