@@ -254,7 +254,7 @@ def test_ablations_study_pairs_each_variant_with_adamw_at_its_budget(tmp_path, d
 
 def test_scale_study_reports_steps_and_flops_ratios_per_size(tmp_path, data_dir, monkeypatch, capsys):
     rows, printed, results = run_stand_in_study("scale", tmp_path, data_dir, monkeypatch, capsys)
-    assert "planned: 60 runs" in printed
+    assert "planned: 63 runs" in printed
     params = sorted({r["params"] for r in rows.values()})
     assert len(params) == 3 and params[-1] >= 8 * params[0]
     tokens = [rows[size, "adamw"]["tokens"] for size in ("L2d64", "L4d128", "L6d256")]
