@@ -184,6 +184,12 @@ def run_all(jobs, tasks, runs_dir, extra):
     return [future.result() for future in futures]
 
 
+def data_identity(run):
+    """What a run trained and evaluated on: the token counts of its train and val splits (not the folder they lay
+    in, which differs between checkouts of the same data)."""
+    return {k: v for k, v in (run["data"] or {}).items() if k != "dir"}
+
+
 def check_fairness(runs):
     """Everything but the optimizer's own hyperparameters (and the seed) must be identical across runs; the
     same seed must give the same initial weights; the schedule shape and token budget must match."""
@@ -195,7 +201,7 @@ def check_fairness(runs):
         assert not differ, f"{r['dir']} differs from {runs[0]['dir']} in {sorted(differ)}"
         ratio = r["config"]["min_lr"] / r["config"]["learning_rate"]
         assert abs(ratio - 0.05) < 1e-9, f"{r['dir']}: min_lr / learning_rate = {ratio}, not 0.05"
-        assert r["data"] == runs[0]["data"], f"{r['dir']} trained on other data"
+        assert data_identity(r) == data_identity(runs[0]), f"{r['dir']} trained on other data"
     for seed in {r["seed"] for r in runs}:
         inits = {r["init"] for r in runs if r["seed"] == seed}
         assert len(inits) == 1, f"seed {seed}: runs started from different weights {inits}"
@@ -812,8 +818,7 @@ def portable(run, out):
     relative to --out, so that the file names no path of the machine that made it."""
     record = {k: v for k, v in run.items() if k != "config"}
     record["dir"] = os.path.relpath(run["dir"], out)
-    if record.get("data") and "dir" in record["data"]:
-        record["data"] = {**record["data"], "dir": os.path.relpath(record["data"]["dir"], out)}
+    record["data"] = data_identity(run)       # where it lay: the command's --data_dir
     return record
 
 
