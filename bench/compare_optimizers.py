@@ -36,6 +36,7 @@ and time first (--plan: only that), and writes <study>.md, <study>.json and <stu
   curvature  Sophia-G's rho grid extended below 0.01, and its control with h held at 0 (every coordinate clipped:
              sign momentum with Sophia-G's betas), against AdamW
   scale      AdamW, Sophia-G and Muon at 0.12M, 0.83M and 4.8M parameters with budgets that grow with the size
+             (Muon not at 4.8M), and AdamW and Sophia-G at 4.8M with the warmup study's best warmup, 80%
 --arms picks some of a study's settings. --quick runs any of them on a tiny budget, one grid point per optimizer.
 """
 

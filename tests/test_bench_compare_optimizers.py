@@ -315,7 +315,8 @@ def test_tuned_tiny_configs_are_the_harness_setting_and_its_best():
     """config/train_tiny_*_tuned.py: config/parts/compare_tiny.py with the best lr (and rho) of the committed sweep."""
     best = json.loads((ROOT / "assets" / "compare" / "results.json").read_text())["rows"]
     harness, _ = load_config(train.TrainConfig, [co.BASE_CONFIG])
-    for name, file in [("adamw", "adam"), ("sophiag", "sophiag"), ("sophiah", "sophiah"), ("lion", "lion")]:
+    for name, file in [("adamw", "adam"), ("sophiag", "sophiag"), ("sophiah", "sophiah"), ("lion", "lion"),
+                       ("muon", "muon")]:
         cfg, _ = load_config(train.TrainConfig, [f"config/train_tiny_{file}_tuned.py"])
         assert cfg.optimizer_name == name and cfg.learning_rate == best[name]["lr"]
         assert cfg.rho == best[name]["rho"]
