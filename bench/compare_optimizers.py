@@ -432,7 +432,7 @@ MAIN_STEPS = 400                                              # config/parts/com
 
 def ablation_arms(quick):
     """Sophia-G at its tuned setting and its variants (bias correction, k = 1, a quarter Hessian batch), and both at
-    twice the steps, where AdamW's lr is swept again."""
+    twice the steps, where each one's lr is swept again (Sophia-G's at its tuned rho)."""
     steps = QUICK["max_iters"] if quick else MAIN_STEPS
     tuned = {name: [point] for name, point in TUNED.items()}
     variants = {"adamw": Variant("adamw", tuned["adamw"]), "sophiag": Variant("sophiag", tuned["sophiag"]),
@@ -441,8 +441,11 @@ def ablation_arms(quick):
                 "sophiag_k1": Variant("sophiag", tuned["sophiag"], "_k1", ("--hess_interval=1",)),
                 "sophiag_quarter_hessian": Variant("sophiag", tuned["sophiag"], "_quarter_hessian",
                                                    ("--hess_total_bs=4",))}
+    rho = TUNED["sophiag"][1]
+    sophia_lrs = sorted({lr for lr, _ in STUDY["sophiag"][1]})
     long = Arm(f"{2 * steps} steps", {"adamw": Variant("adamw", tuned["adamw"] if quick else STUDY["adamw"][1]),
-                                      "sophiag": Variant("sophiag", tuned["sophiag"])},
+                                      "sophiag": Variant("sophiag", tuned["sophiag"] if quick else
+                                                         [(lr, rho) for lr in sophia_lrs])},
                "_2x_steps", (f"--max_iters={2 * steps}", f"--lr_decay_iters={2 * steps}"))
     return [Arm(f"{steps} steps", variants), long]
 
