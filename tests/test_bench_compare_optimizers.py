@@ -240,8 +240,8 @@ def run_stand_in_study(study, tmp_path, data_dir, monkeypatch, capsys, **args):
 
 
 def test_ablations_study_pairs_each_variant_with_adamw_at_its_budget(tmp_path, data_dir, monkeypatch, capsys):
-    rows, printed, _ = run_stand_in_study("ablations", tmp_path, data_dir, monkeypatch, capsys)
-    assert "planned: 24 runs" in printed and "fairness checks passed: 24 runs" in printed
+    rows, printed, results = run_stand_in_study("ablations", tmp_path, data_dir, monkeypatch, capsys)
+    assert "planned: 26 runs" in printed and "fairness checks passed: 26 runs" in printed
     assert [variant for arm, variant in rows if arm == "400 steps"] == [
         "adamw", "sophiag", "sophiag_bias_corrected", "sophiag_k1", "sophiag_quarter_hessian"]
     for (arm, variant), row in rows.items():
@@ -249,6 +249,8 @@ def test_ablations_study_pairs_each_variant_with_adamw_at_its_budget(tmp_path, d
         expected = 1.0 if variant == "adamw" else 0.5                  # τ 200 against AdamW's 100
         assert row["speedup_per_seed"] == pytest.approx([expected] * 3, rel=1e-6)
     assert rows["800 steps", "adamw"]["lr"] == 2e-3 and rows["400 steps", "adamw"]["lr"] == 4e-3   # re-tuned
+    swept = {r["lr"] for r in results["runs"] if "_2x_steps" in r["dir"] and r["name"] == "sophiag"}
+    assert swept == {1.25e-4, 2.5e-4, 5e-4}                          # Sophia-G re-tuned at 800 steps too
     assert "| 400 steps | sophiag_k1 | " in (tmp_path / "ablations.md").read_text()
 
 
