@@ -12,7 +12,6 @@ compile=False when the whole run does not get cheaper (docs/results.md has the m
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import plot  # noqa: E402
 
 
 def one_run(steps, compile, data_dir, out):
@@ -30,10 +31,9 @@ def one_run(steps, compile, data_dir, out):
     t0 = time.perf_counter()
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True)
     wall = time.perf_counter() - t0
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    last = [r for r in rows if r.get("event") == "train"][-1]
-    final = [r for r in rows if r.get("event") == "eval"][-1]["val/loss"]
-    return wall, last["time"], last.get("compile_time", 0.0), final
+    train_rows, eval_rows, _ = plot.load_metrics(out)
+    last = train_rows[-1]
+    return wall, last["time"], last.get("compile_time", 0.0), eval_rows[-1]["val/loss"]
 
 
 def main():
